@@ -1,0 +1,134 @@
+"""The thesis CNN (seed 003 §3.2): conv3×3 → ReLU → [2×2 avg pool] → conv3×3 → ReLU → flatten → linear.
+
+Bias-free convs; the flatten size follows the input resolution.  The classifier is a
+:class:`GridLinear`, which knows the (C, H, W) grid its weights live on, so that the transfer
+code can prolongate each class's weight images between grids.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import ModelFamily, ModelOptions, register_family
+
+
+class GridLinear(nn.Linear):
+    """flatten + linear whose input is a (channels, height, width) feature grid.
+
+    ``weight`` has shape (classes, C·H·W); ``weight.view(classes, C, H, W)`` are the class
+    weight images that move between grids.
+    """
+
+    def __init__(self, channels: int, height: int, width: int, out_features: int, bias: bool = True):
+        super().__init__(channels * height * width, out_features, bias=bias)
+        self.grid = (channels, height, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.flatten(x, 1))
+
+    def weight_images(self) -> torch.Tensor:
+        return self.weight.view(self.out_features, *self.grid)
+
+    def extra_repr(self) -> str:
+        return f"grid={self.grid}, out_features={self.out_features}"
+
+
+class CNNOptions(ModelOptions):
+    pool: bool = False
+    width1: int = 32
+    width2: int = 64
+    classifier_init: Literal["normal", "dct-smooth"] = "normal"  # thesis §3.2.1
+    smooth_classifier: float = 0.0  # weight α of the finite-difference penalty on class images (0 = off)
+
+
+class ThesisCNN(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int, resolution: int, opts: CNNOptions):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, opts.width1, 3, padding=1, bias=False)
+        self.pool = nn.AvgPool2d(2) if opts.pool else nn.Identity()
+        self.conv2 = nn.Conv2d(opts.width1, opts.width2, 3, padding=1, bias=False)
+        side = resolution // 2 if opts.pool else resolution
+        self.classifier = GridLinear(opts.width2, side, side, num_classes)
+        self.smooth_classifier = opts.smooth_classifier
+        if opts.classifier_init == "dct-smooth":
+            with torch.no_grad():
+                self.classifier.weight.copy_(dct_smooth_init(self.classifier.weight_images()).flatten(1))
+
+    def stages(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """Feature maps after every stage (used by features pictures and diagnostics)."""
+        out = []
+        x = F.relu(self.conv1(x))
+        out.append(("conv1", x))
+        x = self.pool(x)
+        if not isinstance(self.pool, nn.Identity):
+            out.append(("pool", x))
+        x = F.relu(self.conv2(x))
+        out.append(("conv2", x))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = self.pool(x)
+        x = F.relu(self.conv2(x))
+        return self.classifier(x)
+
+    def regularization(self) -> torch.Tensor | None:
+        """Thesis R(w) = ½α‖∇_h w‖²: finite-difference gradient of each class's weight image.
+
+        α is given for the 28×28 reference grid and scaled ×4 per coarsening (seed 003 §3.2.1),
+        i.e. α_grid = α · (28 / side)²·... expressed through the Riemann-sum area ratio.
+        """
+        if self.smooth_classifier <= 0:
+            return None
+        w = self.classifier.weight_images()
+        dx = w[..., :, 1:] - w[..., :, :-1]
+        dy = w[..., 1:, :] - w[..., :-1, :]
+        alpha = self.smooth_classifier * self.classifier_area_scale
+        return 0.5 * alpha * (dx.pow(2).sum() + dy.pow(2).sum())
+
+    @property
+    def classifier_area_scale(self) -> float:
+        # ×4 on each coarser grid, relative to the model's reference (finest) resolution
+        ref = getattr(self, "reference_resolution", None) or self.resolution
+        return float((ref / self.resolution) ** 2)
+
+
+def dct_smooth_init(w: torch.Tensor, bound: float = 0.2, keep: float = 0.25) -> torch.Tensor:
+    """Smooth random class-weight images (thesis Fig. 3.1): U(-bound, bound) draws, damped in DCT space.
+
+    High DCT frequencies are attenuated with a Gaussian roll-off so each image is smooth.
+    """
+    from scipy.fft import dctn, idctn
+
+    *lead, h, wd = w.shape
+    draws = torch.empty_like(w).uniform_(-bound, bound).detach().cpu().numpy()
+    coeff = dctn(draws, axes=(-2, -1), norm="ortho")
+    ky = torch.arange(h, dtype=torch.float64)[:, None] / h
+    kx = torch.arange(wd, dtype=torch.float64)[None, :] / wd
+    damp = torch.exp(-((ky**2 + kx**2) / (2 * keep**2))).numpy()
+    smooth = idctn(coeff * damp, axes=(-2, -1), norm="ortho")
+    # keep the variance of a plain normal init of a linear layer of this fan-in
+    fan_in = math.prod(w.shape[1:])
+    t = torch.as_tensor(smooth, dtype=w.dtype)
+    return t / (t.std() + 1e-12) / math.sqrt(fan_in)
+
+
+def _build(name: str, opts: CNNOptions, in_channels: int, num_classes: int, resolution: int) -> nn.Module:
+    return ThesisCNN(in_channels, num_classes, resolution, opts)
+
+
+register_family(
+    ModelFamily(
+        family="cnn",
+        matches=lambda n: n == "cnn",
+        options=CNNOptions,
+        build=_build,
+        divisor=lambda name, o: 2 if o.pool else 1,
+        examples=("cnn",),
+    )
+)
