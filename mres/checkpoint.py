@@ -24,7 +24,7 @@ FORMAT = "mres-checkpoint/1"
 def versions() -> dict[str, str]:
     import numpy
 
-    return {"mres": _mres_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+    return {"mres": _mres_version(), "torch": str(torch.__version__), "numpy": str(numpy.__version__),
             "python": platform.python_version()}
 
 

@@ -1,0 +1,3 @@
+from mres.cli import main
+
+main()

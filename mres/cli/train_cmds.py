@@ -1,0 +1,125 @@
+"""`mres train`, `mres evaluate`, `mres datasets`, `mres recipes`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import UserError
+from . import app, console
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+SetOpt = typer.Option(None, "--set", help="Override a recipe key: key.path=value (repeatable).")
+
+
+def default_run_dir(recipe_path: Optional[Path], kind: str) -> Path:
+    stem = recipe_path.stem if recipe_path else kind
+    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def resolve_recipe_path(recipe: Optional[Path]) -> Optional[Path]:
+    """A recipe path as given, or the name of a bundled recipe (with or without .yaml)."""
+    if recipe is None or recipe.exists():
+        return recipe
+    for cand in (RECIPES_DIR / recipe.name, RECIPES_DIR / f"{recipe.name}.yaml"):
+        if cand.exists():
+            return cand
+    raise UserError(f"recipe file {recipe} does not exist (bundled recipes: `mres recipes`)")
+
+
+@app.command("train")
+def train_cmd(
+    recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="YAML recipe (a path or a bundled name)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<recipe>-<time>)."),
+    set_: Optional[List[str]] = SetOpt,
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Train one model at one resolution."""
+    from ..recipe import TrainRecipe, load_recipe
+    from ..train import train_job
+
+    if resume is not None:
+        if not (resume / "recipe.yaml").exists():
+            raise UserError(f"--resume {resume}: no recipe.yaml there (not an mres run directory)")
+        rec = load_recipe(resume / "recipe.yaml", set_ or [], TrainRecipe)
+        run_dir = resume
+    else:
+        path = resolve_recipe_path(recipe)
+        rec = load_recipe(path, set_ or [], TrainRecipe)
+        run_dir = out or default_run_dir(path, "train")
+    console.print(f"run directory: [bold]{run_dir}[/]")
+    result = train_job(rec, run_dir, resume=resume is not None, progress=not quiet)
+    m = result["metrics"]
+    if not m:
+        console.print("no epochs run (train.epochs = 0)")
+        return
+    table = Table(title=f"{rec.model.name} on {rec.dataset.name} at {rec.resolution}×{rec.resolution}")
+    for col in ("epoch", "train loss", "train acc", "test loss", "test acc", "seconds"):
+        table.add_column(col, justify="right")
+    for r in m:
+        table.add_row(str(r["epoch"]), f"{r['train_loss']:.4f}", f"{r['train_acc']:.2%}", f"{r['test_loss']:.4f}",
+                      f"{r['test_acc']:.2%}", f"{r['seconds']:.1f}")
+    console.print(table)
+    console.print(f"test accuracy: [bold]{m[-1]['test_acc']:.2%}[/]  (wall time {result['seconds']:.1f} s; "
+                  f"checkpoint {result['checkpoint']})")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    ckpt: Path = typer.Argument(..., help="Checkpoint file (or run directory)."),
+    split: str = typer.Option("test", help="train or test"),
+    resolution: Optional[int] = typer.Option(None, help="Evaluate at this resolution (default: the checkpoint's)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+) -> None:
+    """Evaluate a checkpoint on its dataset."""
+    from ..checkpoint import load_checkpoint, model_from_checkpoint
+    from ..data import load_dataset
+    from ..recipe import DatasetConfig
+    from ..train import evaluate, select_device
+
+    if split not in ("train", "test"):
+        raise UserError(f"--split {split!r}: allowed train, test")
+    c = load_checkpoint(ckpt)
+    res = resolution or c["resolution"]
+    if res != c["resolution"]:
+        raise UserError(f"--resolution {res}: the checkpoint is at {c['resolution']}; "
+                        f"move it first with `mres transfer {ckpt} --to fine|coarse`")
+    dev = select_device(device)
+    data = load_dataset(DatasetConfig.model_validate(c["recipe"]["dataset"]), dev).at_resolution(res)
+    model = model_from_checkpoint(c).to(dev)
+    x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
+    loss, acc = evaluate(model, x, y)
+    console.print(f"{ckpt}: {split} loss {loss:.4f}, accuracy [bold]{acc:.2%}[/] on {len(y)} images at {res}×{res}")
+
+
+@app.command("datasets")
+def datasets_cmd() -> None:
+    """What datasets are available here and how to get the rest."""
+    from ..data import dataset_status
+
+    table = Table(title="datasets")
+    for col in ("name", "available", "where", "how to get it"):
+        table.add_column(col)
+    for r in dataset_status():
+        table.add_row(r["name"], r["available"], r["where"], r["how"])
+    console.print(table)
+
+
+@app.command("recipes")
+def recipes_cmd() -> None:
+    """The bundled recipes."""
+    import yaml
+
+    table = Table(title=f"bundled recipes ({RECIPES_DIR})")
+    table.add_column("recipe")
+    table.add_column("what")
+    for p in sorted(RECIPES_DIR.glob("*.yaml")):
+        first = p.read_text().splitlines()[0] if p.read_text() else ""
+        table.add_row(p.name, first.lstrip("# ").strip())
+    console.print(table)

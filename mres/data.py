@@ -1,0 +1,350 @@
+"""Datasets as tensors on the device, batched and augmented there (no worker processes).
+
+Names (DESIGN §7): ``fashion-mnist`` (Debian package ``dataset-fashion-mnist``), ``mnist``,
+``cifar10``, ``cifar100`` (torchvision, ``data_root``; downloads only when asked), ``npz`` (a
+user's file with ``x_train, y_train, x_test, y_test``) and ``synthetic`` (generated).
+Coarser resolutions are made with the restriction R of the weight transfer (2×2 averaging
+for the ``average-*`` families), never a generic resize.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import pickle
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+from .recipe import DatasetConfig
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MRES_CACHE", Path.home() / ".cache" / "mres"))
+
+
+@dataclass
+class TensorData:
+    """A dataset held as float tensors N×C×H×W (normalised) and int64 labels, on one device."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    native_resolution: int = 0  # resolution of the images as stored (augmentation scales to it)
+
+    @property
+    def in_channels(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def resolution(self) -> int:
+        return self.x_train.shape[-1]
+
+    def to(self, device: torch.device | str) -> "TensorData":
+        return replace(self, x_train=self.x_train.to(device), y_train=self.y_train.to(device),
+                       x_test=self.x_test.to(device), y_test=self.y_test.to(device))
+
+    def at_resolution(self, resolution: int, family: str = "average-bilinear") -> "TensorData":
+        return replace(self, x_train=restrict_to(self.x_train, resolution, family),
+                       x_test=restrict_to(self.x_test, resolution, family))
+
+    def subset(self, n_train: int | None, n_test: int | None = None, seed: int = 0) -> "TensorData":
+        g = torch.Generator().manual_seed(seed)
+
+        def pick(x: torch.Tensor, y: torch.Tensor, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+            if n is None or n >= len(y):
+                return x, y
+            idx = torch.randperm(len(y), generator=g)[:n].to(y.device)
+            return x[idx], y[idx]
+
+        xt, yt = pick(self.x_train, self.y_train, n_train)
+        xv, yv = pick(self.x_test, self.y_test, n_test)
+        return replace(self, x_train=xt, y_train=yt, x_test=xv, y_test=yv)
+
+
+# ----------------------------------------------------------------------------- restriction
+def restrict_to(x: torch.Tensor, resolution: int, family: str = "average-bilinear") -> torch.Tensor:
+    """Restrict images (N,C,H,W) to ``resolution`` by repeated application of the family's R."""
+    n = x.shape[-1]
+    if n == resolution:
+        return x
+    ratio = n / resolution
+    if resolution > n or ratio != 2 ** round(math.log2(ratio)):
+        raise UserError(f"resolution {resolution} is not reachable from {n}×{n} images by halving")
+    while x.shape[-1] > resolution:
+        if family in ("average-constant", "average-bilinear"):
+            x = F.avg_pool2d(x, 2)  # R of both average families: mean of each 2×2 block
+        else:
+            from .grids import restrict_images
+
+            x = restrict_images(x, family)
+    return x
+
+
+# ----------------------------------------------------------------------------- loading
+def load_dataset(cfg: DatasetConfig, device: torch.device | str = "cpu") -> TensorData:
+    """Load a dataset by name, subset it, normalise it and put it on ``device``."""
+    loaders = {"fashion-mnist": _load_fashion, "mnist": _load_torchvision, "cifar10": _load_torchvision,
+               "cifar100": _load_torchvision, "npz": _load_npz, "synthetic": _load_synthetic}
+    x_tr, y_tr, x_te, y_te = loaders[cfg.name](cfg)
+    num_classes = int(max(y_tr.max(), y_te.max()).item()) + 1
+    data = TensorData(cfg.name, x_tr, y_tr, x_te, y_te, num_classes, (0.0,), (1.0,), x_tr.shape[-1])
+    data = data.subset(cfg.train_subset, cfg.test_subset, seed=cfg.seed)
+    if cfg.normalize:
+        mean = data.x_train.mean(dim=(0, 2, 3))
+        std = data.x_train.std(dim=(0, 2, 3)).clamp_min(1e-6)
+        data = replace(data, x_train=(data.x_train - mean[:, None, None]) / std[:, None, None],
+                       x_test=(data.x_test - mean[:, None, None]) / std[:, None, None],
+                       mean=tuple(mean.tolist()), std=tuple(std.tolist()))
+    return data.to(device)
+
+
+def load_eval_subset(dataset_cfg: dict, split: str, n: int | None, resolution: int,
+                     device: torch.device | str = "cpu", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed evaluation subset (normalised like training) at ``resolution`` — for analysis tools."""
+    cfg = DatasetConfig.model_validate(dataset_cfg)
+    data = load_dataset(cfg, "cpu")
+    x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
+    if n is not None and n < len(y):
+        idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n]
+        x, y = x[idx], y[idx]
+    return restrict_to(x, resolution).to(device), y.to(device)
+
+
+def _to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 → [0, 1] floats; N×H×W → N×1×H×W; N×H×W×C (C∈{1,3}) → N×C×H×W."""
+    t = torch.as_tensor(np.asarray(images))
+    if t.ndim == 3:
+        t = t[:, None]
+    elif t.ndim == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
+        t = t.permute(0, 3, 1, 2)
+    if t.ndim != 4:
+        raise UserError(f"images must be N×H×W or N×C×H×W, got shape {tuple(t.shape)}")
+    if t.dtype == torch.uint8:
+        return t.float().div_(255.0).contiguous()
+    return t.float().contiguous()
+
+
+def _load_fashion(cfg: DatasetConfig):
+    src = Path(cfg.path) if cfg.path else DEBIAN_FASHION
+    raw = cache_dir() / "fashion-mnist" / "FashionMNIST" / "raw"
+    missing = [f for f in FASHION_FILES if not (raw / f).exists()]
+    if missing:
+        absent = [f for f in FASHION_FILES if not ((src / f).exists() or (src / f"{f}.gz").exists())]
+        if absent:
+            raise UserError(
+                f"Fashion-MNIST not found in {src} (missing {', '.join(absent)}). Install it with "
+                "`sudo apt-get install -y dataset-fashion-mnist` (Debian), or set dataset.path to a folder "
+                "holding the four IDX files (.gz or not).")
+        raw.mkdir(parents=True, exist_ok=True)
+        for f in FASHION_FILES:
+            # Debian recompressed the files, so torchvision's md5 check fails: decompress ourselves
+            tmp = raw / f".{f}.tmp"
+            if (src / f).exists():
+                shutil.copyfile(src / f, tmp)
+            else:
+                with gzip.open(src / f"{f}.gz", "rb") as fin, open(tmp, "wb") as fout:
+                    shutil.copyfileobj(fin, fout)
+            os.replace(tmp, raw / f)
+    from torchvision.datasets import FashionMNIST
+
+    root = cache_dir() / "fashion-mnist"
+    tr, te = FashionMNIST(root, train=True, download=False), FashionMNIST(root, train=False, download=False)
+    return _to_float(tr.data), tr.targets.long(), _to_float(te.data), te.targets.long()
+
+
+def _load_torchvision(cfg: DatasetConfig):
+    """mnist via torchvision; cifar10/100 from torchvision's python-format folders, read here.
+
+    The CIFAR batches are read by :func:`read_cifar_folder` (a restricted unpickler) rather than by
+    torchvision, whose md5 check rejects any copy but the official one — so a CIFAR-format folder
+    a user made (or a test generated) works too.  torchvision is used to download when asked.
+    """
+    from torchvision import datasets
+
+    root = Path(cfg.data_root) if cfg.data_root else cache_dir() / "data"
+    how = (f"Put torchvision's files under {root} (set dataset.data_root), or set dataset.download=true "
+           "where a network exists.")
+    if cfg.name == "mnist":
+        try:
+            tr = datasets.MNIST(str(root), train=True, download=cfg.download)
+            te = datasets.MNIST(str(root), train=False, download=cfg.download)
+        except RuntimeError as exc:
+            raise UserError(f"mnist not found under {root} ({str(exc).splitlines()[0]}). {how}") from None
+        return _to_float(tr.data), tr.targets.long(), _to_float(te.data), te.targets.long()
+    folder = root / CIFAR_FOLDERS[cfg.name]
+    if not folder.is_dir() and cfg.download:
+        cls = datasets.CIFAR10 if cfg.name == "cifar10" else datasets.CIFAR100
+        try:
+            cls(str(root), train=True, download=True)
+        except Exception as exc:  # no network
+            raise UserError(f"{cfg.name}: could not download into {root}: {exc}") from None
+    if not folder.is_dir():
+        raise UserError(f"{cfg.name} not found: no folder {folder}. {how}")
+    return read_cifar_folder(folder, cfg.name)
+
+
+CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+CIFAR_FILES = {"cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+               "cifar100": (["train"], ["test"], b"fine_labels")}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Only what a CIFAR batch holds: dicts, lists, bytes, str and numpy arrays."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):  # noqa: D401
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
+
+
+def read_cifar_folder(folder: Path, name: str = "cifar10"):
+    train_files, test_files, label_key = CIFAR_FILES[name]
+
+    def read(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for f in files:
+            path = folder / f
+            if not path.exists():
+                raise UserError(f"{name}: {path} is missing (a CIFAR python-format folder has {', '.join(train_files + test_files)})")
+            with open(path, "rb") as fh:
+                d = _CifarUnpickler(fh, encoding="bytes").load()
+            xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[label_key], dtype=np.int64))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    xtr, ytr = read(train_files)
+    xte, yte = read(test_files)
+    return _to_float(xtr), torch.as_tensor(ytr), _to_float(xte), torch.as_tensor(yte)
+
+
+def write_cifar_folder(root: Path, name: str, x_train: np.ndarray, y_train: np.ndarray,
+                       x_test: np.ndarray, y_test: np.ndarray) -> Path:
+    """Write uint8 N×3×32×32 arrays in CIFAR's python format (for tests and user data)."""
+    train_files, test_files, label_key = CIFAR_FILES[name]
+    folder = Path(root) / CIFAR_FOLDERS[name]
+    folder.mkdir(parents=True, exist_ok=True)
+    for files, x, y in ((train_files, x_train, y_train), (test_files, x_test, y_test)):
+        for f, xi, yi in zip(files, np.array_split(x, len(files)), np.array_split(y, len(files))):
+            with open(folder / f, "wb") as fh:
+                pickle.dump({b"data": xi.reshape(len(xi), -1).astype(np.uint8), label_key: yi.tolist()}, fh)
+    return folder
+
+
+def _load_npz(cfg: DatasetConfig):
+    path = Path(cfg.path or "")
+    if not path.is_file():
+        raise UserError(f"dataset.path {path} does not exist (npz needs a file with x_train, y_train, x_test, y_test)")
+    with np.load(path, allow_pickle=False) as f:
+        need = ("x_train", "y_train", "x_test", "y_test")
+        absent = [k for k in need if k not in f.files]
+        if absent:
+            raise UserError(f"{path}: missing arrays {', '.join(absent)} (has {', '.join(f.files)})")
+        arrays = {k: f[k] for k in need}
+    x_tr, x_te = _to_float(arrays["x_train"]), _to_float(arrays["x_test"])
+    y_tr = torch.as_tensor(arrays["y_train"]).long().flatten()
+    y_te = torch.as_tensor(arrays["y_test"]).long().flatten()
+    if len(y_tr) != len(x_tr) or len(y_te) != len(x_te):
+        raise UserError(f"{path}: image and label counts differ")
+    if x_tr.shape[1:] != x_te.shape[1:] or x_tr.shape[-1] != x_tr.shape[-2]:
+        raise UserError(f"{path}: train/test images must be square and of one shape, got "
+                        f"{tuple(x_tr.shape[1:])} and {tuple(x_te.shape[1:])}")
+    return x_tr, y_tr, x_te, y_te
+
+
+def _load_synthetic(cfg: DatasetConfig):
+    """Class-dependent smooth images: a low-frequency template per class, shifted and noisy."""
+    s = cfg.synthetic
+    g = torch.Generator().manual_seed(1234 + cfg.seed)
+    coords = torch.linspace(0, 1, s.size)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    templates = torch.zeros(s.classes, s.channels, s.size, s.size)
+    for k in range(4):  # a few random low-frequency waves per class
+        fx, fy = torch.randint(1, 4, (2, s.classes, s.channels), generator=g).float()
+        phase = torch.rand(s.classes, s.channels, generator=g) * 2 * math.pi
+        templates += torch.sin(2 * math.pi * (fx[..., None, None] * xx + fy[..., None, None] * yy)
+                               + phase[..., None, None])
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.randint(0, s.classes, (n,), generator=g)
+        x = templates[y] + s.noise * torch.randn(n, s.channels, s.size, s.size, generator=g)
+        shifts = torch.randint(-1, 2, (2,), generator=g)
+        return torch.roll(x, shifts=tuple(shifts.tolist()), dims=(2, 3)), y
+
+    x_tr, y_tr = draw(s.n_train)
+    x_te, y_te = draw(s.n_test)
+    return x_tr, y_tr, x_te, y_te
+
+
+# ----------------------------------------------------------------------------- batching
+def augment(x: torch.Tensor, crop_padding: int, flip: bool, g: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding and horizontal flip, per sample, on the batch's device."""
+    n, _, h, w = x.shape
+    if crop_padding > 0:
+        p = crop_padding
+        padded = F.pad(x, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (n,), generator=g).to(x.device)
+        dx = torch.randint(0, 2 * p + 1, (n,), generator=g).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # n,h,1
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # n,1,w
+        idx = torch.arange(n, device=x.device)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[idx, rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        mask = (torch.rand(n, generator=g) < 0.5).to(x.device)[:, None, None, None]
+        x = torch.where(mask, x.flip(3), x)
+    return x
+
+
+def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, g: torch.Generator,
+                    shuffle: bool = True, crop_padding: int = 0, flip: bool = False
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled mini-batches of device-resident tensors; the generator makes it reproducible."""
+    n = len(y)
+    order = torch.randperm(n, generator=g).to(y.device) if shuffle else torch.arange(n, device=y.device)
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size]
+        xb = x[idx]
+        if crop_padding or flip:
+            xb = augment(xb, crop_padding, flip, g)
+        yield xb, y[idx]
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return (n + batch_size - 1) // batch_size
+
+
+def dataset_status() -> list[dict[str, str]]:
+    """What is available on this machine and how to get the rest (for `mres datasets`)."""
+    rows = []
+    fashion_ok = all((DEBIAN_FASHION / f"{f}.gz").exists() or (DEBIAN_FASHION / f).exists() for f in FASHION_FILES)
+    rows.append({"name": "fashion-mnist", "available": "yes" if fashion_ok else "no",
+                 "where": str(DEBIAN_FASHION), "how": "apt-get install -y dataset-fashion-mnist"})
+    root = cache_dir() / "data"
+    checks = {"mnist": root / "MNIST" / "raw", "cifar10": root / "cifar-10-batches-py",
+              "cifar100": root / "cifar-100-python"}
+    for name, p in checks.items():
+        rows.append({"name": name, "available": "yes" if p.exists() else "no", "where": str(root),
+                     "how": "dataset.download=true (needs a network) or copy torchvision's files to dataset.data_root"})
+    rows.append({"name": "npz", "available": "your file", "where": "dataset.path",
+                 "how": "np.savez(F, x_train=..., y_train=..., x_test=..., y_test=...)"})
+    rows.append({"name": "synthetic", "available": "yes", "where": "generated", "how": "dataset.synthetic.*"})
+    return rows

@@ -1,0 +1,328 @@
+"""Recipes: YAML validated against a schema before any work.
+
+Every bad key or value is reported at once with its dotted path and what is allowed; a
+duplicate YAML key is an error; ``1e-3`` parses as a number; ``--set key.path=value`` overrides.
+Two recipe kinds share their blocks: :class:`TrainRecipe` (one model, one resolution) and
+:class:`CoarseToFineRecipe` (a coarse-to-fine cascade, DESIGN §3.4–3.5).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+
+DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "npz", "synthetic")
+SCHEDULES = ("constant", "step", "cosine", "one-cycle", "linear-to-zero", "inverse-sqrt")
+STRATEGIES = ("fresh", "transfer", "galerkin", "galerkin-reg")
+FAMILIES = ("average-constant", "average-bilinear", "fullweighting-linear")
+COEFFICIENT_POLICIES = ("keep", "rescale", "respectral")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------- data
+class AugmentConfig(Strict):
+    crop_padding: int = Field(0, ge=0, description="random crop with this zero padding (pixels at the native resolution)")
+    flip: bool = Field(False, description="random horizontal flip")
+
+
+class SyntheticConfig(Strict):
+    size: int = Field(28, ge=4)
+    channels: int = Field(1, ge=1)
+    classes: int = Field(10, ge=2)
+    n_train: int = Field(2000, ge=1)
+    n_test: int = Field(500, ge=1)
+    noise: float = Field(0.3, ge=0)
+
+
+class DatasetConfig(Strict):
+    name: Literal["fashion-mnist", "mnist", "cifar10", "cifar100", "npz", "synthetic"] = "fashion-mnist"
+    path: str | None = Field(None, description="fashion-mnist: folder of the IDX .gz files; npz: the .npz file")
+    data_root: str | None = Field(None, description="torchvision root for mnist/cifar (default ~/.cache/mres/data)")
+    download: bool = Field(False, description="let torchvision download mnist/cifar (needs a network)")
+    train_subset: int | None = Field(None, ge=1)
+    test_subset: int | None = Field(None, ge=1)
+    seed: int = 0
+    normalize: bool = True
+    augment: AugmentConfig = AugmentConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DatasetConfig":
+        if self.name == "npz" and not self.path:
+            raise ValueError("dataset.name 'npz' needs dataset.path (a .npz file with x_train, y_train, x_test, y_test)")
+        return self
+
+
+NATIVE_RESOLUTION = {"fashion-mnist": 28, "mnist": 28, "cifar10": 32, "cifar100": 32}
+
+
+# ----------------------------------------------------------------------------- training
+class OptimizerConfig(Strict):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5.0e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleConfig(Strict):
+    name: Literal["constant", "step", "cosine", "one-cycle", "linear-to-zero", "inverse-sqrt"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    milestones: list[float] = Field([0.5, 0.75], description="step: fractions of the run where lr drops")
+    gamma: float = Field(0.1, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(5, ge=0)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    channels_last: bool = True
+    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    deterministic: bool = False
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+
+
+class ModelBlock(BaseModel):
+    """``name`` plus the family's own options (validated by the model registry)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "cnn"
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RecipeBase(Strict):
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelBlock = ModelBlock()
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
+
+
+class TrainRecipe(RecipeBase):
+    resolution: int = Field(28, ge=1)
+    train: TrainConfig = TrainConfig()
+
+    def grid_resolutions(self) -> list[int]:
+        return [self.resolution]
+
+
+class CoarseToFineRecipe(RecipeBase):
+    resolutions: list[int] = Field([14, 28], min_length=2, description="coarse to fine, each twice the last")
+    family: Literal["average-constant", "average-bilinear", "fullweighting-linear"] = "average-bilinear"
+    strategies: list[Literal["fresh", "transfer", "galerkin", "galerkin-reg"]] = ["fresh", "transfer", "galerkin", "galerkin-reg"]
+    lams: list[float] = Field([0.1], description="galerkin-reg regularisation weights (one run each)")
+    coefficient_policies: list[Literal["keep", "rescale", "respectral"]] = ["keep"]
+    coarse: TrainConfig = TrainConfig()
+    fine: TrainConfig = TrainConfig()
+    coarse_subset: int | None = Field(None, ge=1, description="training examples for the coarse phases")
+    fine_subset: int | None = Field(None, ge=1, description="training examples for the fine phase")
+    trials: int = Field(1, ge=1)
+    bn_recalibrate: bool = True
+    analysis: dict[str, Any] = Field(default_factory=dict)
+
+    def grid_resolutions(self) -> list[int]:
+        return list(self.resolutions)
+
+    @field_validator("resolutions")
+    @classmethod
+    def _doubling(cls, v: list[int]) -> list[int]:
+        for a, b in zip(v, v[1:]):
+            if b != 2 * a:
+                raise ValueError(f"each resolution must be twice the previous one, got {v}")
+        return v
+
+    @field_validator("lams")
+    @classmethod
+    def _lams(cls, v: list[float]) -> list[float]:
+        if any(x < 0 for x in v):
+            raise ValueError("lams must be >= 0")
+        return v
+
+
+# ----------------------------------------------------------------------------- YAML
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys and reads 1e-3 as a float (YAML 1.1 does not)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    out: dict = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in out:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        out[key] = loader.construct_object(value_node, deep=deep)
+    return out
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_FLOAT_RE = re.compile(r"""^[-+]?(?:(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[0-9][0-9_]*[eE][-+]?[0-9]+
+    |\.(?:inf|Inf|INF)|[-+]\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X)
+_StrictLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _ch in list("-+0123456789."):
+    _StrictLoader.yaml_implicit_resolvers[_ch] = [
+        (tag, rx) for tag, rx in _StrictLoader.yaml_implicit_resolvers.get(_ch, []) if tag != "tag:yaml.org,2002:float"]
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+
+
+def parse_yaml(text: str, source: str = "<string>") -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{source}: invalid YAML: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- loading
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (values parsed as YAML scalars/lists)."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key.path=value")
+        key, value = item.split("=", 1)
+        parts = [p for p in key.strip().split(".")]
+        if not all(parts):
+            raise UserError(f"--set {item!r}: empty key segment")
+        node = raw
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"--set {item!r}: {p!r} is not a mapping in the recipe")
+            node = child
+        node[parts[-1]] = parse_yaml(value, f"--set {key}") if value.strip() else None
+    return raw
+
+
+RecipeT = Union[TrainRecipe, CoarseToFineRecipe]
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None,
+                kind: type[RecipeT] = TrainRecipe) -> RecipeT:
+    """Read, override and validate a recipe; raise one UserError listing every problem."""
+    raw: Any = {}
+    source = "recipe"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"recipe file {p} does not exist")
+        source = str(p)
+        raw = parse_yaml(p.read_text(), source) or {}
+        if not isinstance(raw, dict):
+            raise UserError(f"{source}: a recipe is a mapping of keys, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    return validate_recipe(raw, kind, source)
+
+
+def validate_recipe(raw: dict[str, Any], kind: type[RecipeT], source: str = "recipe") -> RecipeT:
+    problems: list[tuple[str, str]] = []
+    recipe = None
+    try:
+        recipe = kind.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"]]
+            problems.append((".".join(loc) or "(top)", _explain(kind, err)))
+    if recipe is not None:
+        problems += _semantic_problems(recipe)
+    elif isinstance(raw.get("model", {}), dict):
+        # schema errors elsewhere: still check the model block, so every problem shows at once
+        try:
+            block = ModelBlock.model_validate(raw.get("model", {}))
+            res = raw.get("resolutions") if kind is CoarseToFineRecipe else [raw.get("resolution", 28)]
+            res = [r for r in (res or []) if isinstance(r, int)]
+            from .models import check_model
+
+            problems += [p for p in check_model(block.name, block.options(), res)
+                         if p[0] not in {q[0] for q in problems}]
+        except ValidationError:
+            pass
+    if problems:
+        lines = "\n".join(f"  - {k}: {m}" for k, m in problems)
+        n = len(problems)
+        raise UserError(f"{source}: {n} problem{'s' if n > 1 else ''}:\n{lines}")
+    return recipe  # type: ignore[return-value]
+
+
+def _semantic_problems(recipe: RecipeT) -> list[tuple[str, str]]:
+    from .models import check_model
+
+    problems = check_model(recipe.model.name, recipe.model.options(), recipe.grid_resolutions())
+    native = NATIVE_RESOLUTION.get(recipe.dataset.name)
+    if recipe.dataset.name == "synthetic":
+        native = recipe.dataset.synthetic.size
+    if native is not None:
+        for r in recipe.grid_resolutions():
+            ratio = native / r
+            if r > native or ratio != 2 ** round(math.log2(ratio)):
+                key = "resolution" if isinstance(recipe, TrainRecipe) else "resolutions"
+                problems.append((key, f"{r} is not reachable from the {recipe.dataset.name} images "
+                                      f"({native}×{native}) by halving; allowed: {_halvings(native)}"))
+    return problems
+
+
+def _halvings(native: int) -> str:
+    out = [native]
+    while out[-1] % 2 == 0 and out[-1] > 2:
+        out.append(out[-1] // 2)
+    return ", ".join(map(str, out))
+
+
+def _explain(kind: type[BaseModel], err: dict[str, Any]) -> str:
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(kind, list(err["loc"][:-1]))
+        return f"unknown key (allowed: {', '.join(allowed)})" if allowed else "unknown key"
+    msg = err["msg"]
+    if err["type"] == "literal_error":
+        return msg.replace("Input should be", "must be one of")
+    if "input" in err and err["type"] not in ("missing",):
+        return f"{msg} (got {err['input']!r})"
+    return msg
+
+
+def _allowed_keys(cls: type[BaseModel], loc: list[Any]) -> list[str]:
+    import typing
+
+    for part in loc:
+        field = cls.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        cands = [a for a in (typing.get_args(ann) or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not cands:
+            return []
+        cls = cands[0]
+    return list(cls.model_fields)
+
+
+def to_plain(recipe: BaseModel) -> dict[str, Any]:
+    """The resolved recipe as plain JSON-able types (for run dirs and checkpoints)."""
+    return recipe.model_dump(mode="json")
+
+
+def dump_yaml(recipe: BaseModel) -> str:
+    return yaml.safe_dump(to_plain(recipe), sort_keys=False)

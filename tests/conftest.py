@@ -1,0 +1,48 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def run_mres(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):
+    """Run the real CLI in a subprocess; returns CompletedProcess (text)."""
+    import subprocess
+
+    e = dict(os.environ)
+    e.update(env or {})
+    e.setdefault("MRES_CACHE", str(ROOT / ".cache" / "test-cache"))
+    return subprocess.run([sys.executable, "-m", "mres", *args], cwd=cwd or ROOT, env=e, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def mres_cli():
+    return run_mres
+
+
+@pytest.fixture
+def small_npz(tmp_path: Path) -> Path:
+    """A tiny, learnable npz dataset (uint8 N×H×W, two classes: bright top half vs bottom half)."""
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        y = rng.integers(0, 2, n)
+        x = rng.integers(0, 60, (n, 16, 16)).astype(np.uint8)
+        for i, c in enumerate(y):
+            if c == 0:
+                x[i, :8] += 150
+            else:
+                x[i, 8:] += 150
+        return x, y
+
+    xtr, ytr = make(256)
+    xte, yte = make(64)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    return path

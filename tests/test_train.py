@@ -1,0 +1,97 @@
+import math
+import pickle
+
+import pytest
+import torch
+
+from mres.checkpoint import load_checkpoint, save_checkpoint
+from mres.data import load_dataset
+from mres.errors import DivergedError, UserError
+from mres.models import build_model
+from mres.recipe import DatasetConfig, ScheduleConfig, TrainConfig
+from mres.train import fit, lr_factor
+
+
+def small_data(n_train=300, n_test=100, size=8):
+    return load_dataset(DatasetConfig(name="synthetic", synthetic={"n_train": n_train, "n_test": n_test, "size": size}))
+
+
+def cfg(**kw):
+    base = dict(epochs=3, batch_size=32, deterministic=True, channels_last=False,
+                optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9})
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def model_for(data, pool=False):
+    torch.manual_seed(0)
+    return build_model("cnn", {"pool": pool, "width1": 8, "width2": 8}, data.in_channels, data.num_classes,
+                       data.resolution)
+
+
+def test_training_learns_the_synthetic_classes():
+    data = small_data()
+    m = fit(model_for(data), data, cfg(epochs=4), progress=False)
+    assert m[-1]["test_acc"] > 0.6  # 10 classes: chance is 0.1
+    assert m[-1]["train_loss"] < m[0]["train_loss"]
+
+
+@pytest.mark.parametrize("name,end", [("cosine", 0.0), ("linear-to-zero", 0.0), ("constant", 1.0), ("step", 0.01)])
+def test_schedules_end_where_they_should(name, end):
+    s = ScheduleConfig(name=name)
+    assert lr_factor(s, 0, 10, 5) == pytest.approx(1.0)
+    assert lr_factor(s, 50, 10, 5) == pytest.approx(end, abs=1e-6)
+
+
+def test_inverse_sqrt_is_the_thesis_sequence():
+    s = ScheduleConfig(name="inverse-sqrt")
+    for e in (1, 2, 7):
+        assert lr_factor(s, (e - 1) * 10 + 3, 10, 10) == pytest.approx(1 / math.sqrt(0.5 * e))
+
+
+def test_checkpoint_is_plain_and_loads_weights_only(tmp_path):
+    data = small_data()
+    ck = tmp_path / "c" / "last.pt"
+    fit(model_for(data), data, cfg(epochs=1), ckpt_path=ck, progress=False,
+        extra={"recipe": {"a": 1}, "resolution": 8, "arch": {"name": "cnn"}})
+    raw = torch.load(ck, weights_only=True)  # would raise on any non-plain object
+    assert {"model", "optimizer", "scheduler", "epoch", "rng", "recipe", "resolution", "metrics", "versions"} <= set(raw)
+    assert raw["epoch"] == 1
+    assert not list(ck.parent.glob("*.tmp"))  # no temp file left behind
+
+
+def test_checkpoint_with_arbitrary_object_is_refused(tmp_path):
+    p = tmp_path / "evil.pt"
+    torch.save({"format": "mres-checkpoint/1", "x": pickle.loads(pickle.dumps(ValueError("x")))}, p)
+    with pytest.raises(UserError, match="cannot load checkpoint"):
+        load_checkpoint(p)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    data = small_data()
+    full = fit(model_for(data), data, cfg(epochs=3), progress=False)
+    ck = tmp_path / "last.pt"
+    # interrupt after epoch 1 by stopping a 3-epoch run with an exception
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(row):
+        if row["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(model_for(data), data, cfg(epochs=3), ckpt_path=ck, progress=False, on_epoch=stop_after_first)
+    state = load_checkpoint(ck)
+    assert state["epoch"] == 1
+    resumed = fit(model_for(data), data, cfg(epochs=3), ckpt_path=ck, progress=False, resume=state)
+    strip = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]  # noqa: E731
+    assert strip(resumed) == strip(full)
+
+
+def test_non_finite_loss_stops_with_epoch_and_step(tmp_path):
+    data = small_data()
+    ck = tmp_path / "last.pt"
+    with pytest.raises(DivergedError) as e:
+        fit(model_for(data), data, cfg(epochs=3, optimizer={"name": "sgd", "lr": 1e6, "momentum": 0.9}),
+            ckpt_path=ck, progress=False)
+    assert e.value.epoch >= 1 and e.value.step >= 1 and "epoch" in str(e.value)
