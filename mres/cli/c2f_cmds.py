@@ -1,0 +1,139 @@
+"""`mres coarse-to-fine`, `mres transfer`, `mres report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import UserError
+from . import app, console
+from .train_cmds import SetOpt, default_run_dir, resolve_recipe_path
+
+
+@app.command("coarse-to-fine")
+def coarse_to_fine_cmd(
+    recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="YAML recipe (a path or a bundled name)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<recipe>-<time>)."),
+    set_: Optional[List[str]] = SetOpt,
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Train coarse, transfer with every strategy, train fine; write the comparison report."""
+    from ..c2f import run_coarse_to_fine
+    from ..recipe import CoarseToFineRecipe, load_recipe
+
+    if resume is not None:
+        if not (resume / "recipe.yaml").exists():
+            raise UserError(f"--resume {resume}: no recipe.yaml there (not an mres run directory)")
+        rec = load_recipe(resume / "recipe.yaml", set_ or [], CoarseToFineRecipe)
+        run_dir = resume
+    else:
+        path = resolve_recipe_path(recipe)
+        rec = load_recipe(path, set_ or [], CoarseToFineRecipe)
+        run_dir = out or default_run_dir(path, "coarse-to-fine")
+    summary = run_coarse_to_fine(rec, run_dir, progress=not quiet)
+    print_summary(summary)
+    console.print(f"report: [bold]{run_dir / 'report.md'}[/] (+ report.html, summary.json, figures/)")
+
+
+def print_summary(summary: dict) -> None:
+    from ..report import _ms
+
+    res = summary["resolutions"]
+    table = Table(title=f"coarse-to-fine {' → '.join(map(str, res))}: test accuracy % (mean ± std over "
+                        f"{summary['trials']} trials)")
+    for col in ("strategy", "at transfer", "after 1st epoch", "final", "seconds", "diverged"):
+        table.add_column(col, justify="right")
+    for label, s in summary["strategies"].items():
+        table.add_row(label, _ms(s["acc_at_transfer"]), _ms(s["acc_after_first_epoch"]), _ms(s["acc_final"]),
+                      _ms(s["seconds"], pct=False), f"{sum(s['diverged'])}/{len(s['diverged'])}")
+    console.print(table)
+
+
+@app.command("report")
+def report_cmd(run_dir: Path = typer.Argument(..., help="A coarse-to-fine run directory.")) -> None:
+    """Regenerate report.md / report.html / figures of a coarse-to-fine run."""
+    import json
+
+    from ..report import write_report
+
+    path = write_report(run_dir)
+    print_summary(json.loads((run_dir / "summary.json").read_text()))
+    console.print(f"report: [bold]{path}[/]")
+
+
+@app.command("transfer")
+def transfer_cmd(
+    ckpt: Path = typer.Argument(..., help="Checkpoint to move to the other grid."),
+    to: str = typer.Option(..., "--to", help="fine (2× resolution) or coarse (½ resolution)."),
+    strategy: str = typer.Option("galerkin", "--strategy", help="transfer, galerkin, galerkin-reg (or dilate)."),
+    family: str = typer.Option("average-bilinear", "--family", help="Operator family of R and P."),
+    lam: float = typer.Option(0.0, "--lam", help="galerkin-reg regularisation weight."),
+    policy: str = typer.Option("keep", "--coefficient-policy", help="Polynomial coefficients: keep, rescale, respectral."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the new checkpoint."),
+    samples: int = typer.Option(256, help="Test images for the function-preservation check (0 = skip)."),
+) -> None:
+    """Move a checkpoint's weights to the fine or the coarse grid and print the diagnostics."""
+    from ..checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from ..grids import FAMILIES
+    from ..models import build_model
+    from ..transfer import STRATEGIES, function_preservation, transfer_weights
+
+    if to not in ("fine", "coarse"):
+        raise UserError(f"--to {to!r}: allowed fine, coarse")
+    allowed = [s for s in STRATEGIES if s != "fresh"] + ["dilate"]
+    if strategy not in allowed:
+        raise UserError(f"--strategy {strategy!r}: allowed {', '.join(allowed)}")
+    if family not in FAMILIES:
+        raise UserError(f"--family {family!r}: allowed {', '.join(FAMILIES)}")
+    if lam < 0:
+        raise UserError(f"--lam {lam}: must be >= 0")
+    c = load_checkpoint(ckpt)
+    src = model_from_checkpoint(c)
+    res = c["resolution"]
+    new_res = res * 2 if to == "fine" else res // 2
+    arch = c["arch"]
+    from ..models import check_model
+
+    problems = check_model(arch["name"], arch["options"], [new_res])
+    if to == "coarse" and res % 2:
+        problems.append(("resolution", f"{res} is odd"))
+    if problems:
+        raise UserError(f"cannot move {arch['name']} from {res} to {new_res}: " + "; ".join(m for _, m in problems))
+    dst = build_model(arch["name"], arch["options"], arch["in_channels"], arch["num_classes"], new_res)
+    try:
+        diags = transfer_weights(src, dst, strategy, family, lam, "prolongate" if to == "fine" else "restrict",
+                                 coefficient_policy=policy)
+    except (ValueError, NotImplementedError) as exc:
+        raise UserError(str(exc)) from None
+    payload = {k: v for k, v in c.items() if k not in ("optimizer", "scheduler", "rng", "format", "versions")}
+    payload.update({"model": dst.state_dict(), "resolution": new_res, "epoch": 0, "metrics": [],
+                    "transferred_from": {"checkpoint": str(ckpt), "resolution": res, "strategy": strategy,
+                                         "family": family, "lam": lam}})
+    save_checkpoint(out, payload)
+    table = Table(title=f"{arch['name']}: {res}×{res} → {new_res}×{new_res} ({strategy}, {family}, lam={lam:g})")
+    for col in ("tensor", "kind", "‖before‖", "‖after‖", "growth", "Galerkin residual"):
+        table.add_column(col, justify="right")
+    for d in diags:
+        if d.kind in ("bn", "buffer") or d.name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            continue
+        table.add_row(d.name, d.kind, f"{d.norm_before:.4g}", f"{d.norm_after:.4g}", f"{d.growth:.3f}",
+                      "—" if d.galerkin_residual is None else f"{d.galerkin_residual:.2e}")
+    console.print(table)
+    if samples > 0 and "recipe" in c:
+        from ..data import load_eval_subset
+
+        try:
+            x, _ = load_eval_subset(c["recipe"]["dataset"], "test", samples, max(res, new_res))
+        except UserError as exc:
+            console.print(f"[yellow]function-preservation check skipped:[/] {exc}")
+        else:
+            coarse_m, fine_m = (src, dst) if to == "fine" else (dst, src)
+            fp = function_preservation(coarse_m, fine_m, x, family)
+            stages = ", ".join(f"{k} {v:.3f}" for k, v in fp["stages"].items())
+            console.print(f"function preservation on {len(x)} test images: logits rel. error {fp['logits']:.4f}, "
+                          f"same prediction {fp['agreement']:.1%}" + (f"; stages: {stages}" if stages else ""))
+    console.print(f"wrote [bold]{out}[/] (resolution {new_res})")
