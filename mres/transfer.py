@@ -1,0 +1,388 @@
+"""Move a whole model's weights between a coarse and a fine grid, layer by layer (DESIGN §3.3–3.4).
+
+This is the only module that knows how each layer type moves between grids:
+
+==========================================  ===================================================
+layer / tensor                              rule
+==========================================  ===================================================
+``nn.Conv2d`` k×k weight, k odd ≥ 3          stencil map: ``galerkin`` / ``galerkin-reg`` solve
+(stride 1 or 2, any groups)                 ``M θ_h = θ_2h`` (prolongate) or apply ``θ_2h = M θ_h``
+                                            (restrict); ``transfer`` copies; ``dilate`` copies
+                                            and doubles the fine conv's dilation. Stride-2 convs
+                                            are sampling ∘ stencil: M acts on the grid the conv
+                                            reads from, the stride is kept — an approximation
+                                            for every family (sampling keeps one cell of each
+                                            pair where R averages it; a test pins the error).
+                                            k > 3: (regularised) least squares with a warning.
+1×1 convs, biases, BN (affine + running     copied (pointwise, resolution-free)
+stats), ``nn.Linear`` after a global pool
+flatten head (``GridLinear``: a linear      each class's weight image per channel moves with
+layer with ``.grid = (C, H, W)``)           the grid. ``transfer``: prolongated with P and
+                                            **divided by 4** coarse→fine (restricted with R and
+                                            **multiplied by 4** fine→coarse). Why 4:
+                                            Σ_fine (P w)·(P g) ≈ 4 Σ_coarse w·g for smooth w, g
+                                            (4 fine cells per coarse cell), so w_h = P w_2h / 4
+                                            keeps the logits. The thesis text says "multiply by
+                                            four"; that is off by 16× (tests/test_transfer.py).
+                                            ``galerkin`` / ``galerkin-reg``: the dual pair
+                                            w_h = P(PᵀP)⁻¹ w_2h, w_2h = Pᵀ w_h — exact logits
+                                            for features in the range of P, restrict∘prolongate
+                                            = I, ≈ P w / 4 on smooth w (equal to it for
+                                            ``average-constant``). ``fresh`` leaves it.
+polynomial coefficients (name contains      ``coefficient_policy`` (only ``keep`` = copy for now)
+``coeff``, or any scalar)
+anything else                               copied when the shapes agree, else ``ValueError``
+==========================================  ===================================================
+
+``fresh`` leaves the destination untouched (its diagnostics still compare it to the source).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+from .grids import (
+    get_family,
+    prolongate_dual_images,
+    prolongate_images,
+    restrict_dual_images,
+    prolongate_stencils,
+    restrict_images,
+    restrict_stencils,
+)
+
+STRATEGIES: tuple[str, ...] = ("fresh", "transfer", "galerkin", "galerkin-reg")
+REFERENCE_STRATEGIES: tuple[str, ...] = ("dilate",)  # correctness anchors, not for training
+DIRECTIONS: tuple[str, ...] = ("prolongate", "restrict")
+COEFFICIENT_POLICIES: tuple[str, ...] = ("keep",)
+PLANNED_COEFFICIENT_POLICIES: tuple[str, ...] = ("rescale", "respectral")  # DESIGN §4.2, not yet built
+
+_HEAD_AREA = 4.0  # fine cells per coarse cell in 2-D
+
+
+@dataclass
+class LayerDiag:
+    """What a transfer did to one tensor (DESIGN §3.6).
+
+    ``name``: the dotted parameter / buffer name; ``kind``: the rule applied (``conv3x3``,
+    ``conv3x3-s2``, ``conv1x1``, ``grid-linear``, ``bn``, ``bias``, ``linear``, ``coefficient``,
+    ``copy``, ...); ``norm_before`` / ``norm_after``: Frobenius norms of the source tensor and
+    of the destination tensor after the transfer; ``growth = norm_after / norm_before``;
+    ``galerkin_residual = ‖M θ_h − θ_2h‖ / ‖θ_2h‖`` for stencils (fine and coarse kernel of
+    the pair after the transfer), ``None`` otherwise.
+    """
+
+    name: str
+    kind: str
+    norm_before: float
+    norm_after: float
+    growth: float
+    galerkin_residual: float | None = None
+
+
+def is_grid_linear(module: nn.Module) -> bool:
+    """A flatten + linear head whose weights are images on a (C, H, W) feature grid."""
+    grid = getattr(module, "grid", None)
+    return isinstance(module, nn.Linear) and isinstance(grid, tuple) and len(grid) == 3
+
+
+def galerkin_residual(fine: torch.Tensor, coarse: torch.Tensor, family: str) -> float:
+    """``‖M θ_h − θ_2h‖ / ‖θ_2h‖`` (nan when the coarse kernel is zero)."""
+    restricted = restrict_stencils(fine.detach().to(torch.float64), family)
+    coarse = coarse.detach().to(torch.float64)
+    denom = coarse.norm().item()
+    return (restricted - coarse).norm().item() / denom if denom > 0 else float("nan")
+
+
+def transfer_weights(
+    src: nn.Module,
+    dst: nn.Module,
+    strategy: str,
+    family: str = "average-bilinear",
+    lam: float = 0.0,
+    direction: str = "prolongate",
+    coefficient_policy: str = "keep",
+) -> list[LayerDiag]:
+    """Fill ``dst`` (same architecture, built at the other resolution) from ``src``.
+
+    ``direction="prolongate"``: ``src`` is the coarse model, ``dst`` the fine one;
+    ``"restrict"`` the other way round. ``strategy`` is one of :data:`STRATEGIES` (or the
+    reference ``"dilate"``, prolongation only: fine convs use the coarse kernel with doubled
+    dilation — exact under piecewise-constant prolongation up to the first down-sampling
+    layer). ``lam`` is the regularisation of ``galerkin-reg`` (ignored by ``galerkin`` for 3×3
+    kernels; used by both for larger kernels). ``coefficient_policy`` decides how polynomial
+    coefficients move (DESIGN §4.2; only ``"keep"`` exists yet).
+
+    Returns one :class:`LayerDiag` per floating-point parameter / buffer. Raises ``ValueError``
+    for an unknown option, mismatched architectures, or a tensor whose shape differs between
+    the models that no rule can move.
+    """
+    if strategy not in STRATEGIES + REFERENCE_STRATEGIES:
+        raise ValueError(f"unknown transfer strategy {strategy!r}; allowed: {', '.join(STRATEGIES + REFERENCE_STRATEGIES)}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}; allowed: {', '.join(DIRECTIONS)}")
+    if coefficient_policy in PLANNED_COEFFICIENT_POLICIES:
+        raise NotImplementedError(f"coefficient_policy {coefficient_policy!r} is not implemented yet; use 'keep'")
+    if coefficient_policy not in COEFFICIENT_POLICIES:
+        raise ValueError(f"unknown coefficient_policy {coefficient_policy!r}; allowed: {', '.join(COEFFICIENT_POLICIES)}")
+    if not (lam >= 0 and math.isfinite(lam)):
+        raise ValueError(f"lam must be a finite number >= 0, got {lam}")
+    if strategy == "dilate" and direction != "prolongate":
+        raise ValueError("strategy 'dilate' only prolongates (coarse → fine)")
+    fam = get_family(family).name
+
+    src_mods = dict(src.named_modules())
+    dst_mods = dict(dst.named_modules())
+    if src_mods.keys() != dst_mods.keys():
+        only_src = sorted(src_mods.keys() - dst_mods.keys())
+        only_dst = sorted(dst_mods.keys() - src_mods.keys())
+        raise ValueError(f"models differ in structure: only in source {only_src}, only in destination {only_dst}")
+
+    mover = _Mover(strategy, fam, lam, direction, coefficient_policy)
+    # Plan every tensor first, then write: an error leaves dst untouched.
+    plan: list[tuple[str, str, bool, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+    seen: set[int] = set()  # tensors shared between modules are moved once
+    with torch.no_grad():
+        for mod_name, s_mod in src_mods.items():
+            d_mod = dst_mods[mod_name]
+            if type(s_mod) is not type(d_mod):
+                raise ValueError(f"module {mod_name or '<root>'!r}: {type(s_mod).__name__} vs {type(d_mod).__name__}")
+            s_tensors = dict(s_mod.named_parameters(recurse=False)) | dict(s_mod.named_buffers(recurse=False))
+            d_tensors = dict(d_mod.named_parameters(recurse=False)) | dict(d_mod.named_buffers(recurse=False))
+            if s_tensors.keys() != d_tensors.keys():
+                raise ValueError(f"module {mod_name or '<root>'!r} holds {sorted(s_tensors)} vs {sorted(d_tensors)}")
+            for local, s_t in s_tensors.items():
+                d_t = d_tensors[local]
+                if s_t is None or d_t is None or id(d_t) in seen:
+                    continue
+                seen.add(id(d_t))
+                full = f"{mod_name}.{local}" if mod_name else local
+                new, kind, stencil = mover.plan(full, s_mod, d_mod, local, s_t, d_t)
+                plan.append((full, kind, stencil, s_t, d_t, new))
+
+        for edit in mover.module_edits:  # e.g. 'dilate' changes the fine convs' dilation
+            edit()
+        diags: list[LayerDiag] = []
+        for full, kind, stencil, s_t, d_t, new in plan:
+            if strategy != "fresh" and new is not None:
+                d_t.copy_(new.to(dtype=d_t.dtype, device=d_t.device))
+            if not (d_t.is_floating_point() or d_t.is_complex()):
+                continue  # e.g. BN's num_batches_tracked: moved, but no norm to report
+            before = s_t.detach().double().norm().item()
+            after = d_t.detach().double().norm().item()
+            residual = mover.residual(s_t, d_t) if stencil else None
+            diags.append(LayerDiag(full, kind, before, after, after / before if before > 0 else float("nan"), residual))
+    return diags
+
+
+class _Mover:
+    """The per-tensor rules of the module docstring for one transfer."""
+
+    def __init__(self, strategy: str, family: str, lam: float, direction: str, coefficient_policy: str):
+        self.strategy = strategy
+        self.family = family
+        self.lam = lam
+        self.direction = direction
+        self.coefficient_policy = coefficient_policy
+        self.module_edits: list[Callable[[], None]] = []
+
+    def plan(self, full: str, s_mod: nn.Module, d_mod: nn.Module, local: str,
+             s_t: torch.Tensor, d_t: torch.Tensor) -> tuple[torch.Tensor | None, str, bool]:
+        """(new value for d_t or None to leave it, kind, whether it is a Galerkin-moved stencil)."""
+        if isinstance(s_mod, nn.Conv2d) and local == "weight":
+            return self._conv(full, s_mod, d_mod, s_t, d_t)
+        if is_grid_linear(s_mod) and local == "weight":
+            return self._grid_linear(full, s_mod, d_mod, s_t, d_t), "grid-linear", False
+        if isinstance(s_mod, nn.modules.batchnorm._BatchNorm):
+            return self._copy(full, s_t, d_t), "bn", False
+        if "coeff" in local.lower() or (s_t.numel() == 1 and d_t.numel() == 1):
+            return self._coefficient(full, s_t, d_t), "coefficient", False
+        if local == "bias":
+            return self._copy(full, s_t, d_t), "bias", False
+        if isinstance(s_mod, nn.Linear):
+            return self._copy(full, s_t, d_t), "linear", False
+        return self._copy(full, s_t, d_t), "copy", False
+
+    # -- rules ----------------------------------------------------------------------------------
+    def _copy(self, full: str, s_t: torch.Tensor, d_t: torch.Tensor) -> torch.Tensor | None:
+        if s_t.shape != d_t.shape:
+            raise ValueError(f"cannot move {full!r}: shape {tuple(s_t.shape)} vs {tuple(d_t.shape)} "
+                             "and no grid rule applies to it")
+        return s_t.detach()
+
+    def _coefficient(self, full: str, s_t: torch.Tensor, d_t: torch.Tensor) -> torch.Tensor | None:
+        # Hook for DESIGN §4.2 ('rescale', 'respectral' need the spectra of the A's they act on).
+        if self.coefficient_policy == "keep":
+            return self._copy(full, s_t, d_t)
+        raise AssertionError(self.coefficient_policy)  # validated in transfer_weights
+
+    def residual(self, s_t: torch.Tensor, d_t: torch.Tensor) -> float:
+        fine, coarse = (d_t, s_t) if self.direction == "prolongate" else (s_t, d_t)
+        return galerkin_residual(fine, coarse, self.family)
+
+    def _conv(self, full: str, s_mod: nn.Conv2d, d_mod: nn.Conv2d, s_t: torch.Tensor,
+              d_t: torch.Tensor) -> tuple[torch.Tensor | None, str, bool]:
+        """(new weight or None, kind, whether it is a stencil moved by the Galerkin map)."""
+        kh, kw = s_mod.kernel_size
+        if s_t.shape != d_t.shape:
+            raise ValueError(f"cannot move {full!r}: conv weight shape {tuple(s_t.shape)} vs {tuple(d_t.shape)}")
+        if (kh, kw) == (1, 1):
+            return s_t.detach(), "conv1x1", False
+        sh, sw = s_mod.stride
+        kind = f"conv{kh}x{kw}" + ("" if (sh, sw) == (1, 1) else f"-s{sh}" if sh == sw else f"-s{sh}x{sw}")
+        if kh != kw or kh % 2 == 0 or s_mod.dilation != (1, 1) or sh != sw or sh not in (1, 2):
+            warnings.warn(f"{full}: no grid rule for a {kh}×{kw} conv with stride {s_mod.stride} and "
+                          f"dilation {s_mod.dilation}; copied as is", stacklevel=4)
+            return s_t.detach(), kind + "-copied", False
+        if self.strategy == "fresh":
+            return None, kind, True
+        if self.strategy == "transfer":
+            return s_t.detach(), kind, True
+        if self.strategy == "dilate":
+            self._check_dilatable(full, s_mod)
+            self.module_edits.append(lambda: self._dilate(d_mod))
+            return s_t.detach(), kind + "-dilated", False
+        if self.direction == "restrict":  # θ_2h = M θ_h is exact for every kernel size here
+            return restrict_stencils(s_t.detach(), self.family), kind, True
+        lam = self.lam if self.strategy == "galerkin-reg" or kh > 3 else 0.0
+        if kh > 3:
+            warnings.warn(f"{full}: {kh}×{kw} kernel — its Galerkin map is ill-conditioned or singular; "
+                          f"least squares with lam={lam}", stacklevel=4)
+        with warnings.catch_warnings():  # already warned above, with the layer's name
+            warnings.simplefilter("ignore")
+            return prolongate_stencils(s_t.detach(), self.family, lam=lam), kind, True
+
+    @staticmethod
+    def _check_dilatable(full: str, s_mod: nn.Conv2d) -> None:
+        if s_mod.stride != (1, 1):
+            raise ValueError(f"strategy 'dilate' cannot move {full!r}: stride {s_mod.stride} (stride 1 only)")
+        k = s_mod.kernel_size[0]
+        if s_mod.padding != "same" and s_mod.padding != (k // 2, k // 2):
+            raise ValueError(f"strategy 'dilate' needs 'same' padding at {full!r}, got {s_mod.padding}")
+
+    @staticmethod
+    def _dilate(d_mod: nn.Conv2d) -> None:
+        half = d_mod.kernel_size[0] // 2
+        d_mod.dilation = (2, 2)
+        if d_mod.padding != "same":
+            d_mod.padding = (2 * half, 2 * half)
+        # non-'zeros' padding modes pad explicitly with this cached list (see nn.Conv2d.__init__)
+        d_mod._reversed_padding_repeated_twice = [2 * half] * 4
+
+    def _grid_linear(self, full: str, s_mod: nn.Module, d_mod: nn.Module, s_t: torch.Tensor,
+                     d_t: torch.Tensor) -> torch.Tensor | None:
+        (c_s, h_s, w_s), (c_d, h_d, w_d) = s_mod.grid, d_mod.grid
+        if s_mod.grid == d_mod.grid:  # head grid unchanged (e.g. a model with adaptive pooling)
+            return self._copy(full, s_t, d_t)
+        expect = (c_s, 2 * h_s, 2 * w_s) if self.direction == "prolongate" else (c_s, h_s // 2, w_s // 2)
+        if (c_d, h_d, w_d) != expect:
+            raise ValueError(f"cannot {self.direction} {full!r}: head grid {s_mod.grid} → {d_mod.grid}, "
+                             f"expected {expect}")
+        if self.strategy == "fresh":
+            return None
+        images = s_t.detach().reshape(s_t.shape[0], c_s, h_s, w_s)
+        if self.strategy in ("galerkin", "galerkin-reg"):
+            # the dual pair (Pᵀ, P(PᵀP)⁻¹): restrict∘prolongate = I, logits exact on P-range features
+            moved = (prolongate_dual_images(images, self.family) if self.direction == "prolongate"
+                     else restrict_dual_images(images, self.family))
+        elif self.direction == "prolongate":
+            moved = prolongate_images(images, self.family) / _HEAD_AREA
+        else:
+            moved = restrict_images(images, self.family) * _HEAD_AREA
+        return moved.reshape(d_t.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Function preservation and BN recalibration
+# ---------------------------------------------------------------------------------------------
+
+
+def _rel_err(value: torch.Tensor, reference: torch.Tensor) -> float:
+    value, reference = value.double(), reference.double()
+    denom = reference.norm().item()
+    diff = (value - reference).norm().item()
+    return diff / denom if denom > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+def _device_of(model: nn.Module) -> torch.device | None:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return None
+
+
+def function_preservation(coarse_model: nn.Module, fine_model: nn.Module, x_fine: torch.Tensor,
+                          family: str = "average-bilinear") -> dict[str, Any]:
+    """How far ``fine_model(x)`` is from ``coarse_model(R x)`` (DESIGN §3.6).
+
+    Returns ``{"logits": ‖f_h − f_2h‖/‖f_2h‖, "agreement": fraction of equal argmax,
+    "stages": {stage: relative error}}``; stages (only when both models have
+    ``stages(x) -> list[(name, tensor)]``) compare ``R^k(fine feature)`` with the coarse feature,
+    ``R`` applied as often as needed to match the coarse shape. Both models run in eval mode
+    without gradients; their modes are restored.
+    """
+    modes = (coarse_model.training, fine_model.training)
+    coarse_model.eval()
+    fine_model.eval()
+    try:
+        with torch.no_grad():
+            dev_f, dev_c = _device_of(fine_model), _device_of(coarse_model)
+            x_f = x_fine.to(dev_f) if dev_f is not None else x_fine
+            x_c = restrict_images(x_fine, family)
+            x_c = x_c.to(dev_c) if dev_c is not None else x_c
+            out_f, out_c = fine_model(x_f), coarse_model(x_c)
+            result: dict[str, Any] = {
+                "logits": _rel_err(out_f.to(out_c.device), out_c),
+                "agreement": (out_f.argmax(-1).to(out_c.device) == out_c.argmax(-1)).double().mean().item(),
+                "stages": {},
+            }
+            if callable(getattr(fine_model, "stages", None)) and callable(getattr(coarse_model, "stages", None)):
+                for (name, f_feat), (_, c_feat) in zip(fine_model.stages(x_f), coarse_model.stages(x_c)):
+                    f_feat = f_feat.to(c_feat.device)
+                    while f_feat.shape[-2:] != c_feat.shape[-2:]:
+                        if f_feat.shape[-1] <= c_feat.shape[-1] or f_feat.shape[-1] % 2:
+                            raise ValueError(f"stage {name!r}: fine feature {tuple(f_feat.shape)} cannot be "
+                                             f"restricted to {tuple(c_feat.shape)}")
+                        f_feat = restrict_images(f_feat, family)
+                    result["stages"][name] = _rel_err(f_feat, c_feat)
+            return result
+    finally:
+        coarse_model.train(modes[0])
+        fine_model.train(modes[1])
+
+
+def recalibrate_bn(model: nn.Module, batches: Iterable[Any]) -> None:
+    """Recompute every BN layer's running statistics from ``batches`` (DESIGN §3.3).
+
+    Same semantics as ``torch.optim.swa_utils.update_bn``: running stats reset, momentum
+    ``None`` (cumulative average over batches: each batch weighs the same), forward passes in
+    train mode without gradients; each batch is a tensor or a (inputs, ...) tuple/list and is
+    moved to the model's device. Momenta and the train/eval mode are restored even on error.
+    No-op when the model has no BN layer.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = {bn: bn.momentum for bn in bns}
+    was_training = model.training
+    device = _device_of(model)
+    try:
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        model.train()
+        with torch.no_grad():
+            for batch in batches:
+                x = batch[0] if isinstance(batch, (list, tuple)) else batch
+                model(x.to(device) if device is not None else x)
+    finally:
+        for bn, momentum in momenta.items():
+            bn.momentum = momentum
+        model.train(was_training)

@@ -1,0 +1,103 @@
+"""The coarse-to-fine job end to end on small synthetic data (real training, real transfer)."""
+
+import json
+
+import pytest
+import torch
+
+from mres.c2f import run_coarse_to_fine
+from mres.recipe import CoarseToFineRecipe, validate_recipe
+
+
+def tiny_recipe(**kw):
+    raw = {"dataset": {"name": "synthetic", "synthetic": {"n_train": 256, "n_test": 64, "size": 16}},
+           "model": {"name": "cnn", "width1": 4, "width2": 8},
+           "resolutions": [8, 16], "coarse": {"epochs": 2, "batch_size": 64}, "fine": {"epochs": 2, "batch_size": 64},
+           "trials": 2, "lams": [0.1, 10.0]}
+    raw.update(kw)
+    return validate_recipe(raw, CoarseToFineRecipe)
+
+
+def test_two_grid_run_writes_summary_and_report(tmp_path):
+    summary = run_coarse_to_fine(tiny_recipe(), tmp_path, progress=False)
+    labels = list(summary["strategies"])
+    assert labels == ["fresh", "transfer", "galerkin", "galerkin-reg(lam=0.1)", "galerkin-reg(lam=10)"]
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    for s in on_disk["strategies"].values():
+        for key in ("acc_at_transfer", "acc_after_first_epoch", "acc_final", "seconds"):
+            assert len(s[key]) == 2
+        assert all(0.0 <= a <= 1.0 for a in s["acc_at_transfer"])
+    # the coarse model is shared: transfer starts far above chance, fresh starts near it
+    st = on_disk["strategies"]
+    assert min(st["transfer"]["acc_at_transfer"]) > 0.5 > max(st["fresh"]["acc_at_transfer"])
+    md = (tmp_path / "report.md").read_text()
+    for label in labels:
+        assert label in md
+    assert "Galerkin residual" in md and "convergence.png" in md
+    assert (tmp_path / "figures" / "convergence.png").stat().st_size > 10_000
+    assert (tmp_path / "report.html").read_text().startswith("<!doctype html>")
+    # diagnostics: galerkin is exact (residual ~0), transfer is not
+    diag = json.loads((tmp_path / "trial0" / "galerkin" / "fine-16" / "diagnostics.json").read_text())
+    conv = [d for d in diag["layers"] if d["kind"].startswith("conv")]
+    assert conv and max(d["galerkin_residual"] for d in conv) < 1e-6
+    diag_t = json.loads((tmp_path / "trial0" / "transfer" / "fine-16" / "diagnostics.json").read_text())
+    assert max(d["galerkin_residual"] for d in diag_t["layers"] if d["kind"].startswith("conv")) > 1e-2
+
+
+def test_cascade_runs_three_grids_and_resumes(tmp_path):
+    rec = tiny_recipe(resolutions=[4, 8, 16], trials=1, strategies=["fresh", "galerkin-reg"], lams=[0.1],
+                      dataset={"name": "synthetic", "synthetic": {"n_train": 128, "n_test": 32, "size": 16}})
+    summary = run_coarse_to_fine(rec, tmp_path, progress=False)
+    vdir = tmp_path / "trial0" / "galerkin-reg-lam0.1"
+    assert (vdir / "fine-8" / "checkpoints" / "last.pt").exists()
+    assert (vdir / "fine-16" / "checkpoints" / "last.pt").exists()
+    assert not (tmp_path / "trial0" / "fresh" / "fine-8").exists()  # fresh trains at the finest grid only
+    assert torch.load(vdir / "fine-16" / "checkpoints" / "last.pt", weights_only=True)["resolution"] == 16
+    # a second run resumes: every phase is finished, so nothing is retrained and results agree
+    stamp = (vdir / "fine-16" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    again = run_coarse_to_fine(rec, tmp_path, progress=False)
+    assert (vdir / "fine-16" / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+    assert again["strategies"]["galerkin-reg(lam=0.1)"]["acc_final"] == summary["strategies"]["galerkin-reg(lam=0.1)"]["acc_final"]
+
+
+def test_diverging_strategy_is_marked_not_fatal(tmp_path):
+    rec = tiny_recipe(trials=1, strategies=["transfer"], fine={"epochs": 2, "optimizer": {"lr": 1e6}})
+    summary = run_coarse_to_fine(rec, tmp_path, progress=False)
+    assert summary["strategies"]["transfer"]["diverged"] == [True]
+    assert "1/1" in (tmp_path / "report.md").read_text()
+
+
+def test_cli_coarse_to_fine_with_overrides(mres_cli, small_npz, tmp_path):
+    r = mres_cli("coarse-to-fine", "--set", "trials=1", "--set", "dataset.name=npz",
+                 "--set", f"dataset.path={small_npz}", "--set", "resolutions=[8,16]",
+                 "--set", "coarse.epochs=1", "--set", "fine.epochs=1", "--set", "strategies=[transfer,galerkin]",
+                 "--set", "model.width1=4", "--set", "model.width2=4", "--out", str(tmp_path / "run"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "at transfer" in r.stdout and (tmp_path / "run" / "report.md").exists()
+    r2 = mres_cli("report", str(tmp_path / "run"))
+    assert r2.returncode == 0 and "galerkin" in r2.stdout
+    bad = mres_cli("coarse-to-fine", "--set", "strategies=[transfer,magic]", "--set", "resolutions=[7,28]")
+    assert bad.returncode == 2 and "strategies.1" in bad.stderr and "resolutions" in bad.stderr
+
+
+def test_cli_transfer_roundtrip_restores_stencils(mres_cli, tmp_path):
+    run = tmp_path / "run"
+    r = mres_cli("train", "--set", "dataset.name=synthetic", "--set", "resolution=14", "--set", "train.epochs=1",
+                 "--set", "dataset.synthetic.n_train=200", "--set", "dataset.synthetic.n_test=50",
+                 "--set", "model.width1=4", "--set", "model.width2=8", "--out", str(run), "--quiet")
+    assert r.returncode == 0, r.stderr
+    ck = run / "checkpoints" / "last.pt"
+    up = mres_cli("transfer", str(ck), "--to", "fine", "--strategy", "galerkin", "--out", str(tmp_path / "fine.pt"))
+    assert up.returncode == 0, up.stderr
+    assert "function preservation" in up.stdout
+    down = mres_cli("transfer", str(tmp_path / "fine.pt"), "--to", "coarse", "--strategy", "galerkin",
+                    "--out", str(tmp_path / "back.pt"))
+    assert down.returncode == 0, down.stderr
+    a = torch.load(ck, weights_only=True)["model"]
+    fine = torch.load(tmp_path / "fine.pt", weights_only=True)
+    b = torch.load(tmp_path / "back.pt", weights_only=True)
+    assert fine["resolution"] == 28 and b["resolution"] == 14
+    for name in ("conv1.weight", "conv2.weight"):
+        assert (a[name] - b["model"][name]).abs().max() < 1e-5
+    bad = mres_cli("transfer", str(ck), "--to", "sideways", "--out", str(tmp_path / "x.pt"))
+    assert bad.returncode == 2 and "fine, coarse" in bad.stderr
