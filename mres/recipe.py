@@ -95,6 +95,7 @@ class TrainConfig(Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value (off: null)")
     channels_last: bool = True
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     deterministic: bool = False

@@ -145,9 +145,14 @@ def _convergence_figure(run_dir: Path, summary: dict[str, Any], out: Path) -> bo
         # fresh trains at the finest grid only: drawn over the last (finest) window
         offset = coarse_len + fine_len - n
         x = np.arange(offset + 1, offset + n + 1)
+        color = colors[i % len(colors)]
         for ax, key in zip(axes, ("train_loss", "test_acc")):
             y = np.mean([[c[j][key] for j in range(n)] for c in curves], axis=0)
-            ax.plot(x, y, marker="o", ms=3, color=colors[i % len(colors)], label=label)
+            ax.plot(x, y, marker="o", ms=3, color=color, label=label)
+        # test accuracy right after the (last) transfer, before any training on that grid
+        at = [a for a in summary["strategies"][label]["acc_at_transfer"] if a == a]
+        if at:
+            axes[1].plot([offset + 0.5, offset + 1], [np.mean(at), y[0]], ls=":", marker="x", color=color)
         drawn = True
     if not drawn:
         plt.close(fig)

@@ -181,6 +181,8 @@ def fit(
                                         f"step {step + 1}; the last good checkpoint is kept", epoch + 1, step + 1)
                 opt.zero_grad(set_to_none=True)
                 total.backward()
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 sched.step()
                 loss_sum += loss.detach().double() * len(yb)

@@ -1,0 +1,87 @@
+"""`mres params` (weight-count table of the model zoo) and `mres spectrum` (spectrum of A with the roots)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import UserError
+from . import app, console
+
+
+@app.command("params")
+def params_cmd(
+    dataset: str = typer.Option("cifar10", "--dataset", "-d", help="cifar10, cifar100, fashion-mnist or mnist"),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+) -> None:
+    """Weight counts of the model zoo next to the papers' and reference codes' figures."""
+    from ..zoo import param_table
+
+    rows = param_table(dataset)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"weights on {dataset} (BN affine included, shared tensors once)")
+    table.add_column("model", overflow="fold", min_width=24)
+    table.add_column("ours", justify="right", no_wrap=True)
+    table.add_column("reference", justify="right", no_wrap=True)
+    table.add_column("Δ %", justify="right", no_wrap=True)
+    table.add_column("source", overflow="fold", min_width=20)
+    for r in rows:
+        ref = r["reference"]
+        if ref is None:
+            ref_s = "–"
+        elif r["reference_kind"] == "rounded":
+            ref_s = f"≈{ref / 1e6:.1f}M"
+        else:
+            ref_s = f"{int(ref):,}"
+        diff = "–" if r["diff_pct"] is None else f"{r['diff_pct']:+.3f}"
+        model = r["model"] + "".join(f"\n  {k}={v}" for k, v in r["options"].items())
+        table.add_row(model, f"{r['ours']:,}", ref_s, diff, r["source"])
+    console.print(table)
+
+
+@app.command("spectrum")
+def spectrum_cmd(
+    ckpt: Path = typer.Argument(..., help="Checkpoint file (or run directory)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the figures (default: <ckpt dir>/spectrum)."),
+    grid: Optional[int] = typer.Option(None, "--grid", "-n", min=1,
+                                       help="Input grid size n; level ℓ uses n/2^(ℓ−1) (default: the checkpoint's)."),
+) -> None:
+    """Spectrum of every level's A (periodic grid) with the smoothing polynomial's roots."""
+    from ..checkpoint import load_checkpoint, model_from_checkpoint
+    from ..spectrum import conv_spectrum, plot_spectrum, polynomial_roots, residual_polynomial
+
+    data = load_checkpoint(ckpt)
+    model = model_from_checkpoint(data)
+    if not callable(getattr(model, "smoothing_levels", None)):
+        raise UserError(f"{ckpt}: model {data['arch']['name']!r} is no MgNet or Poly-MgNet (no shared operator A)")
+    n = grid or int(data["resolution"])
+    folder = out or ((ckpt if ckpt.is_dir() else ckpt.parent) / "spectrum")
+    table = Table(title=f"spectrum of A: {data['arch']['name']} on a {n}×{n} periodic grid")
+    for col in ("level", "grid", "C", "Re λ min", "Re λ max", "Im λ max", "roots", "max |q(λ)|", "figure"):
+        table.add_column(col, justify="right" if col not in ("roots", "figure") else "left")
+    for info in model.smoothing_levels():
+        side = max(1, n // info.coarsening)
+        eigs = conv_spectrum(info.A.weight, side)
+        roots = polynomial_roots(info.kinds, list(info.coeffs)) if info.kinds else None
+        path = plot_spectrum(eigs, roots, folder / f"spectrum_level{info.level}.png",
+                             title=f"level {info.level}: A on {side}×{side}, steps {''.join(info.kinds) or '–'}")
+        if roots is not None:
+            qmax = f"{residual_polynomial(roots, eigs).abs().max().item():.3g}"
+            roots_s = " ".join(_fmt_complex(z) for z in roots.tolist())
+        else:
+            qmax, roots_s = "–", "–"
+        table.add_row(str(info.level), f"{side}×{side}", str(info.A.weight.shape[0]), f"{eigs.real.min().item():.3g}",
+                      f"{eigs.real.max().item():.3g}", f"{eigs.imag.max().item():.3g}", roots_s, qmax, str(path))
+    console.print(table)
+
+
+def _fmt_complex(z: complex) -> str:
+    if abs(z.imag) < 1e-12:
+        return f"{z.real:.3g}"
+    return f"{z.real:.3g}{z.imag:+.3g}i"

@@ -1,0 +1,301 @@
+"""Poly-MgNet (seed 000; reference code vanbetteray/Poly-MgNet): MgNet whose smoother B is a polynomial in A.
+
+Name grammar (case-insensitive)::
+
+    poly-q<d>     d = 1, 2 or even ≥ 4: min(d, 2) real linear steps q̂ + (d−2)/2 complex-pair steps
+    poly-g<d>     d = 2 or even ≥ 4:    min(d/2, 2) squared steps ĝ (I − αA²) + (d−4)/2 pair steps
+    poly-<steps>  the steps spelled out, one letter each: q (linear), g (squared), c (complex pair)
+
+so ``poly-q2`` = ``poly-qq``, ``poly-g4`` = ``poly-gg``, ``poly-g6`` = ``poly-ggc``, ``poly-g8`` = ``poly-ggcc``
+(seed 000 eq. 21 limits the real factors to two).  Every level runs the same steps.
+
+Each step is one factor of the residual polynomial (kinds and coefficients: :mod:`mres.spectrum`)::
+
+    q:  u ← u + α r                 r ← (1 − αA) r
+    g:  u ← u + A(α r)              r ← (1 − αA²) r
+    c:  u ← u + (c1 − c2 A) r       r ← (1 − c1 A + c2 A²) r;  c1 = 2a/|z|², c2 = 1/|z|² for z = a + ib
+
+with r = f − A u, A one 3×3 conv per level.  The pair step is the paper's quadratic block
+u ← u + (2a − A) r/(a² + b²) with a true imaginary part b (the reference code's b is always 0).
+
+ReLU/BN placements (seed 000 Tables 1, 3, 4) are options, each one of plain / bn / relu / bn-relu
+(BN first, then ReLU): ``residual`` (on r, real steps), ``update`` (on p(A) r, real steps),
+``pair_residual``/``pair_update`` (the same for pair steps), ``output`` (on u, the column σ u_ℓ^(ν))
+applied after every step or once per level (``output_at``).  Left unset, they follow the best row of
+the paper for the polynomial:
+
+=================  ===========  ==========  ===============  =============  ========  =========
+polynomial          residual    update      pair_residual    pair_update    output    output_at
+=================  ===========  ==========  ===============  =============  ========  =========
+q_d (Table 3)       bn          plain       bn-relu          plain          bn-relu   step
+g4 (Table 3)        bn-relu     bn-relu     –                –              plain     level
+g6 (Table 4)        bn-relu     bn-relu     bn-relu          plain          bn-relu   level
+g8 (Table 4)        bn-relu     bn-relu     bn-relu          bn             relu      level
+=================  ===========  ==========  ===============  =============  ========  =========
+
+q2's best row (94.89 %) was measured with the reference code, which applies BN+ReLU on u after
+every step (its ``outside`` variant), hence ``output_at: step``; the paper's eq. 23 reads "once per
+level", which ``output_at: level`` gives.  g polynomials take the g4 row for their ĝ steps (seed 000
+§4: "for the ĝ-terms the placement follows the optimal configuration of g4").
+
+Between levels (reference layout): u' = Π u, f' = R(ReLU(f − A u)) + A'(u') with Π, R grouped
+stride-2 3×3 convs (one stencil per channel) and no BN.  Widths 64/128/256/256 by default.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field, PositiveInt
+
+from ..spectrum import conv_spectrum, init_coefficients
+from .mgnet import SmoothingLevel, conv3x3, scale_widths, transfer_conv, zeros_like_grid
+from .registry import ModelFamily, ModelOptions, register_family
+
+Tensor = torch.Tensor
+Placement = Literal["plain", "bn", "relu", "bn-relu"]
+
+
+# --------------------------------------------------------------------------- name grammar
+
+
+@dataclass(frozen=True)
+class PolySpec:
+    kinds: tuple[str, ...]
+
+    @property
+    def degree(self) -> int:
+        return sum(1 if k == "q" else 2 for k in self.kinds)
+
+
+_GRAMMAR = "poly-q<d> (d = 1, 2 or even), poly-g<d> (d = 2 or even) or poly-<steps> with steps from q, g, c"
+
+
+def parse_poly_name(name: str) -> PolySpec:
+    n = name.strip().lower()
+    if not n.startswith("poly-"):
+        raise ValueError(f"malformed Poly-MgNet name {name!r}; expected {_GRAMMAR}")
+    body = n[len("poly-"):]
+    m = re.fullmatch(r"([qg])(\d+)", body)
+    if m:
+        kind, d = m[1], int(m[2])
+        if kind == "q":
+            if d in (1, 2):
+                return PolySpec(("q",) * d)
+            if d >= 4 and d % 2 == 0:
+                return PolySpec(("q", "q") + ("c",) * ((d - 2) // 2))
+            raise ValueError(f"model {name!r}: q_d needs d = 1, 2 or an even d ≥ 4 (two real roots + conjugate pairs)")
+        if d == 2:
+            return PolySpec(("g",))
+        if d >= 4 and d % 2 == 0:
+            return PolySpec(("g", "g") + ("c",) * ((d - 4) // 2))
+        raise ValueError(f"model {name!r}: g_d needs an even degree d ≥ 2")
+    if re.fullmatch(r"[qgc]+", body):
+        return PolySpec(tuple(body))
+    raise ValueError(f"malformed Poly-MgNet name {name!r}; expected {_GRAMMAR}")
+
+
+# --------------------------------------------------------------------------- options
+
+
+class PolyOptions(ModelOptions):
+    widths: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256, 256], min_length=1)
+    width_scale: float = Field(1.0, gt=0)  # Poly-MgNet Fig. 5 channel scaling
+    pi: Literal["pi0", "pi1", "pi2"] = "pi2"  # Π0 = 0, Π1 full conv, Π2 channel-wise (reference)
+    restriction: Literal["dense", "channelwise"] = "channelwise"
+    coeff_init: Literal["spectral", "uniform-spectrum", "xavier"] = "spectral"
+    train_coeffs: bool = True
+    residual: Placement | None = None
+    update: Placement | None = None
+    pair_residual: Placement | None = None
+    pair_update: Placement | None = None
+    output: Placement | None = None
+    output_at: Literal["step", "level"] | None = None
+
+
+def resolve_placements(kinds: tuple[str, ...], opts: PolyOptions) -> dict[str, str]:
+    """The placements a model uses: the options given, the paper's best row for the rest."""
+    if "g" in kinds:
+        pairs = kinds.count("c")
+        best = dict(residual="bn-relu", update="bn-relu", pair_residual="bn-relu",
+                    pair_update="plain" if pairs <= 1 else "bn",
+                    output="plain" if pairs == 0 else ("bn-relu" if pairs == 1 else "relu"), output_at="level")
+    else:
+        best = dict(residual="bn", update="plain", pair_residual="bn-relu", pair_update="plain",
+                    output="bn-relu", output_at="step")
+    return {k: (getattr(opts, k) if getattr(opts, k) is not None else v) for k, v in best.items()}
+
+
+# --------------------------------------------------------------------------- modules
+
+
+class BnRelu(nn.Module):
+    """plain / bn / relu / bn-relu on a feature map (BN first, then ReLU)."""
+
+    def __init__(self, placement: str, channels: int):
+        super().__init__()
+        self.placement = placement
+        self.bn = nn.BatchNorm2d(channels) if "bn" in placement else None
+        self.relu = "relu" in placement
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.bn is not None:
+            x = self.bn(x)
+        return F.relu(x) if self.relu else x
+
+    def extra_repr(self) -> str:
+        return self.placement
+
+
+class PolyStep(nn.Module):
+    """One polynomial smoothing step (kind q, g or c) with its learnable coefficient(s) ``coeff``.
+
+    A is the level's shared conv, passed in (not registered here, so each tensor exists once).
+    """
+
+    def __init__(self, kind: str, channels: int, residual: str, update: str, output: str = "plain",
+                 train_coeff: bool = True):
+        super().__init__()
+        if kind not in ("q", "g", "c"):
+            raise ValueError(f"unknown step kind {kind!r}")
+        self.kind = kind
+        self.coeff = nn.Parameter(torch.zeros(2 if kind == "c" else 1), requires_grad=train_coeff)
+        self.residual_norm = BnRelu(residual, channels)
+        self.update_norm = BnRelu(update, channels)
+        self.output_norm = BnRelu(output, channels)
+
+    def forward(self, A: nn.Module, f: Tensor, u: Tensor | None) -> Tensor:
+        r = f if u is None else f - A(u)
+        r = self.residual_norm(r)
+        if self.kind == "q":
+            w = self.coeff[0] * r
+        elif self.kind == "g":
+            w = A(self.coeff[0] * r)
+        else:
+            w = self.coeff[0] * r - self.coeff[1] * A(r)  # (2a − A) r / |z|²
+        w = self.update_norm(w)
+        return self.output_norm(w if u is None else u + w)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}"
+
+
+class PolyLevel(nn.Module):
+    def __init__(self, kinds: tuple[str, ...], channels: int, place: dict[str, str], train_coeffs: bool):
+        super().__init__()
+        self.channels = channels
+        self.kinds = list(kinds)
+        self.A = conv3x3(channels, channels)
+        per_step_output = place["output"] if place["output_at"] == "step" else "plain"
+        self.steps = nn.ModuleList(
+            PolyStep(k, channels,
+                     place["pair_residual"] if k == "c" else place["residual"],
+                     place["pair_update"] if k == "c" else place["update"],
+                     per_step_output, train_coeffs)
+            for k in kinds
+        )
+        self.output_norm = BnRelu(place["output"] if place["output_at"] == "level" else "plain", channels)
+
+    def forward(self, f: Tensor, u: Tensor | None) -> Tensor:
+        for step in self.steps:
+            u = step(self.A, f, u)
+        if u is None:
+            u = zeros_like_grid(f, self.channels)
+        return self.output_norm(u)
+
+
+class PolyTransfer(nn.Module):
+    """ℓ → ℓ+1 (reference layout): u' = Π u, f' = R(ReLU(f − A u)) + A'(u'); no BN."""
+
+    def __init__(self, c: int, c_next: int, pi: str, restriction: str):
+        super().__init__()
+        self.Pi = None if pi == "pi0" else transfer_conv(c, c_next, "dense" if pi == "pi1" else "channelwise")
+        self.R = transfer_conv(c, c_next, restriction)
+
+    def forward(self, level: PolyLevel, next_level: PolyLevel, f: Tensor, u: Tensor) -> tuple[Tensor, Tensor | None]:
+        f_next = self.R(F.relu(f - level.A(u)))
+        if self.Pi is None:
+            return f_next, None
+        u_next = self.Pi(u)
+        return f_next + next_level.A(u_next), u_next
+
+
+class PolyMgNet(nn.Module):
+    def __init__(self, spec: PolySpec, opts: PolyOptions, in_channels: int, num_classes: int, resolution: int):
+        super().__init__()
+        widths = scale_widths(list(opts.widths), opts.width_scale)
+        self.spec = spec
+        self.widths = widths
+        self.placements = resolve_placements(spec.kinds, opts)
+        self.stem = conv3x3(in_channels, widths[0])
+        self.stem_bn = nn.BatchNorm2d(widths[0])
+        self.levels = nn.ModuleList(PolyLevel(spec.kinds, c, self.placements, opts.train_coeffs) for c in widths)
+        self.transfers = nn.ModuleList(
+            PolyTransfer(widths[i], widths[i + 1], opts.pi, opts.restriction) for i in range(len(widths) - 1)
+        )
+        self.head = nn.Linear(widths[-1], num_classes)
+        self.init_coefficients(opts.coeff_init, resolution)
+
+    @torch.no_grad()
+    def init_coefficients(self, method: str = "spectral", resolution: int | None = None) -> None:
+        """(Re)initialise every level's coefficients from its current A (seed 000 Alg. 3 for ``spectral``).
+
+        The spectrum of A is taken on the level's grid at ``resolution`` (the build resolution).
+        """
+        resolution = resolution or getattr(self, "resolution", None) or 32
+        for info in self.smoothing_levels():
+            eigs = None
+            if method != "xavier":
+                eigs = conv_spectrum(info.A.weight, max(1, resolution // info.coarsening), dtype=torch.complex64)
+            values = init_coefficients(info.kinds, eigs, method, channels=info.A.weight.shape[0])
+            for p, v in zip(info.coeffs, values):
+                p.copy_(v.to(p))
+
+    def _run(self, x: Tensor, record: list | None) -> Tensor:
+        f = F.relu(self.stem_bn(self.stem(x)))
+        u: Tensor | None = None
+        for idx, level in enumerate(self.levels):
+            if idx > 0:
+                f, u = self.transfers[idx - 1](self.levels[idx - 1], level, f, u)
+            u = level(f, u)
+            if record is not None:
+                record.append((f"level{idx + 1}.f", f))
+                record.append((f"level{idx + 1}.u", u))
+        return u  # type: ignore[return-value]
+
+    def forward(self, x: Tensor) -> Tensor:
+        u = self._run(x, None)
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(u, 1), 1))
+
+    def stages(self, x: Tensor) -> list[tuple[str, Tensor]]:
+        """Feature maps per level: the data f^ℓ and the smoothed features u^ℓ."""
+        out: list[tuple[str, Tensor]] = []
+        self._run(x, out)
+        return out
+
+    def smoothing_levels(self) -> list[SmoothingLevel]:
+        """Per level: (level, A, coefficient parameters, step kinds, coarsening) for the spectrum code."""
+        return [SmoothingLevel(i + 1, lvl.A, [s.coeff for s in lvl.steps], list(lvl.kinds), 2 ** i)
+                for i, lvl in enumerate(self.levels)]
+
+
+def _build(name: str, opts: PolyOptions, in_channels: int, num_classes: int, resolution: int) -> nn.Module:
+    return PolyMgNet(parse_poly_name(name), opts, in_channels, num_classes, resolution)
+
+
+register_family(
+    ModelFamily(
+        family="poly",
+        matches=lambda n: n.strip().lower().startswith("poly"),
+        options=PolyOptions,
+        build=_build,
+        divisor=lambda name, o: 2 ** (len(o.widths) - 1),
+        examples=("poly-q2", "poly-g4", "poly-g6", "poly-g8"),
+        parse=parse_poly_name,
+    )
+)
