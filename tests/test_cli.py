@@ -106,3 +106,10 @@ def test_sigkill_mid_epoch_then_resume_matches(tmp_path):
                 for l in (d / "metrics.jsonl").read_text().splitlines()]
 
     assert load(run) == load(ref)
+
+
+def test_usage_errors_exit_2_without_traceback(mres_cli):
+    r = mres_cli("train", "--bogus")
+    assert r.returncode == 2 and "No such option" in r.stderr and "Traceback" not in r.stderr
+    r = mres_cli("frobnicate")
+    assert r.returncode == 2 and "No such command" in r.stderr

@@ -18,6 +18,11 @@ from rich.console import Console
 
 from ..errors import UserError
 
+try:  # typer >= 0.26 vendors click; older typers depend on it
+    from typer._click.exceptions import ClickException as _ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException as _ClickException
+
 app = typer.Typer(
     name="mres",
     help="Multiresolution, coarse-to-fine training of CNNs (CNN, MgNet, Poly-MgNet).",
@@ -57,15 +62,13 @@ def main() -> None:
         if code is None:
             code = getattr(exc, "code", 0)
         sys.exit(code or 0)
-    except Exception as exc:  # click usage errors and runtime failures
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(1)
+    except Exception as exc:  # usage errors and runtime failures
+        if isinstance(exc, _ClickException):
             exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            err_console.print("aborted")
-            sys.exit(1)
+            sys.exit(getattr(exc, "exit_code", 2) or 0)
         if debug:
             raise
         err_console.print(f"[bold red]failed:[/] {type(exc).__name__}: {exc}  (rerun with --debug for the traceback)",
