@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import TensorData, iterate_batches, load_dataset
 from .errors import DivergedError
 from .models import build_model
@@ -197,6 +197,11 @@ class CoarseToFine:
                 fp = function_preservation(src, model, x_probe, r.family)
                 phase["transfer_seconds"] = time.perf_counter() - t0
                 phase["diagnostics"] = {"layers": [d.__dict__ for d in diags], "function": fp}
+            # the start of this phase, for landscapes / feature pictures (thesis Fig. 4.3)
+            start = pdir / "checkpoints" / "start.pt"
+            if not start.exists():
+                save_checkpoint(start, {**self._extra(res, f"{v.label} start"), "model": model.state_dict(),
+                                        "epoch": 0, "metrics": []})
             # evaluation before any training at this grid
             tr_loss, tr_acc = evaluate(model, data.x_train, data.y_train)
             te_loss, te_acc = evaluate(model, data.x_test, data.y_test)

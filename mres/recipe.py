@@ -128,6 +128,31 @@ class TrainRecipe(RecipeBase):
         return [self.resolution]
 
 
+class LandscapeSpec(Strict):
+    """Loss-landscape panels of a coarse-to-fine run (coarse minimum, each strategy's start and end)."""
+
+    grid: str = Field("9x9", pattern=r"^\d+(x\d+)?$", description="NxM points (2-D) or N (1-D)")
+    range: str = Field("-1:1", pattern=r"^-?[\d.]+:-?[\d.]+$")
+    samples: int = Field(256, ge=1)
+    split: Literal["train", "test"] = "train"
+    seed: int = 0
+    log: bool = True
+
+
+class FeaturesSpec(Strict):
+    """Propagated-feature pictures of a coarse-to-fine run (thesis Figs. 4.4/4.6)."""
+
+    samples: list[int] = [0, 1]
+    channels: list[int] = [0]
+    split: Literal["train", "test"] = "test"
+
+
+class AnalysisConfig(Strict):
+    landscape: LandscapeSpec | None = None
+    features: FeaturesSpec | None = None
+    trial: int = Field(0, ge=0, description="which trial's checkpoints to analyse")
+
+
 class CoarseToFineRecipe(RecipeBase):
     resolutions: list[int] = Field([14, 28], min_length=2, description="coarse to fine, each twice the last")
     family: Literal["average-constant", "average-bilinear", "fullweighting-linear"] = "average-bilinear"
@@ -140,7 +165,7 @@ class CoarseToFineRecipe(RecipeBase):
     fine_subset: int | None = Field(None, ge=1, description="training examples for the fine phase")
     trials: int = Field(1, ge=1)
     bn_recalibrate: bool = True
-    analysis: dict[str, Any] = Field(default_factory=dict)
+    analysis: AnalysisConfig = AnalysisConfig()
 
     def grid_resolutions(self) -> list[int]:
         return list(self.resolutions)

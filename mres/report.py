@@ -91,10 +91,30 @@ def write_report(run_dir: Path) -> Path:
         sections += [("h2", "Convergence across the coarse and fine phases (thesis Fig. 4.1)"),
                      ("img", "figures/convergence.png", "training loss and test accuracy per epoch")]
     sections += _diagnostics_sections(run_dir, summary, figs)
+    sections += _analysis_sections(run_dir)
     md = _render_md(sections)
     (run_dir / "report.md").write_text(md)
     (run_dir / "report.html").write_text(_render_html(sections, title=sections[0][1]))
     return run_dir / "report.md"
+
+
+def _analysis_sections(run_dir: Path) -> list[Section]:
+    """Landscape panels and propagated features, when the recipe's `analysis:` produced them."""
+    out: list[Section] = []
+    ls = [f for f in ("landscape_filled.png", "landscape_surface.png", "landscape_1d.png")
+          if (run_dir / "landscape" / f).exists()]
+    if ls:
+        out += [("h2", "Loss landscapes (thesis Figs. 4.3, 4.5)"),
+                ("p", "Filter-normalised random 2-D slices around the coarse minimum and each strategy's start "
+                      "(right after the transfer) and end on the finest grid; shared directions, one colour "
+                      "scale. Data: `landscape/landscape.npz`.")]
+        out += [("img", f"landscape/{f}", f.removesuffix(".png").replace("_", " ")) for f in ls]
+    if (run_dir / "features" / "features.png").exists():
+        out += [("h2", "Propagated features (thesis Figs. 4.4, 4.6)"),
+                ("p", "The same test images pushed through each checkpoint: the chosen channel after every stage, "
+                      "one row per checkpoint."),
+                ("img", "features/features.png", "propagated features")]
+    return out
 
 
 def _best(strategies: dict[str, Any]) -> tuple[str, float] | None:

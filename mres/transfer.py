@@ -29,8 +29,13 @@ layer with ``.grid = (C, H, W)``)           the grid. ``transfer``: prolongated 
                                             for features in the range of P, restrict∘prolongate
                                             = I, ≈ P w / 4 on smooth w (equal to it for
                                             ``average-constant``). ``fresh`` leaves it.
-polynomial coefficients (name contains      ``coefficient_policy`` (only ``keep`` = copy for now)
-``coeff``, or any scalar)
+polynomial coefficients (name contains      copied per tensor; then, for models with
+``coeff``, or any scalar)                   ``smoothing_levels()`` (Poly-MgNet), a model-level
+                                            pass applies ``coefficient_policy`` (DESIGN §4.2):
+                                            ``keep`` (copy), ``rescale`` (map every root by the
+                                            affine map between the spectral boxes of the source
+                                            and the moved A), ``respectral`` (seed 000 Alg. 3 on
+                                            the moved A) — see :func:`move_coefficients`
 anything else                               copied when the shapes agree, else ``ValueError``
 ==========================================  ===================================================
 
@@ -56,12 +61,13 @@ from .grids import (
     restrict_images,
     restrict_stencils,
 )
+from .spectrum import conv_spectrum, init_coefficients, step_roots
 
 STRATEGIES: tuple[str, ...] = ("fresh", "transfer", "galerkin", "galerkin-reg")
 REFERENCE_STRATEGIES: tuple[str, ...] = ("dilate",)  # correctness anchors, not for training
 DIRECTIONS: tuple[str, ...] = ("prolongate", "restrict")
-COEFFICIENT_POLICIES: tuple[str, ...] = ("keep",)
-PLANNED_COEFFICIENT_POLICIES: tuple[str, ...] = ("rescale", "respectral")  # DESIGN §4.2, not yet built
+COEFFICIENT_POLICIES: tuple[str, ...] = ("keep", "rescale", "respectral")
+PLANNED_COEFFICIENT_POLICIES: tuple[str, ...] = ()  # DESIGN §4.2: all built
 
 _HEAD_AREA = 4.0  # fine cells per coarse cell in 2-D
 
@@ -117,7 +123,8 @@ def transfer_weights(
     dilation — exact under piecewise-constant prolongation up to the first down-sampling
     layer). ``lam`` is the regularisation of ``galerkin-reg`` (ignored by ``galerkin`` for 3×3
     kernels; used by both for larger kernels). ``coefficient_policy`` decides how polynomial
-    coefficients move (DESIGN §4.2; only ``"keep"`` exists yet).
+    coefficients move (DESIGN §4.2, one of :data:`COEFFICIENT_POLICIES`; see
+    :func:`move_coefficients`; models without ``smoothing_levels()`` always keep).
 
     Returns one :class:`LayerDiag` per floating-point parameter / buffer. Raises ``ValueError``
     for an unknown option, mismatched architectures, or a tensor whose shape differs between
@@ -166,12 +173,25 @@ def transfer_weights(
                 new, kind, stencil = mover.plan(full, s_mod, d_mod, local, s_t, d_t)
                 plan.append((full, kind, stencil, s_t, d_t, new))
 
+        # polynomial coefficients of MgNet-type models: checked here, before any write
+        coeff_pass = strategy != "fresh" and _coefficient_levels(src, dst) > 0
+        if coeff_pass and coefficient_policy != "keep":
+            resolutions = _model_resolutions(src, dst, direction, coefficient_policy)
         for edit in mover.module_edits:  # e.g. 'dilate' changes the fine convs' dilation
             edit()
-        diags: list[LayerDiag] = []
         for full, kind, stencil, s_t, d_t, new in plan:
             if strategy != "fresh" and new is not None:
                 d_t.copy_(new.to(dtype=d_t.dtype, device=d_t.device))
+        # model-level pass (DESIGN §4.2): the coefficients follow the moved A's
+        coeff_kinds: dict[int, str] = {}
+        if coeff_pass:
+            if coefficient_policy != "keep":
+                move_coefficients(src, dst, coefficient_policy, *resolutions)
+            coeff_kinds = {id(p): f"coefficient-{coefficient_policy}"
+                           for info in dst.smoothing_levels() for p in info.coeffs}
+        diags: list[LayerDiag] = []
+        for full, kind, stencil, s_t, d_t, new in plan:
+            kind = coeff_kinds.get(id(d_t), kind)
             if not (d_t.is_floating_point() or d_t.is_complex()):
                 continue  # e.g. BN's num_batches_tracked: moved, but no norm to report
             before = s_t.detach().double().norm().item()
@@ -217,10 +237,10 @@ class _Mover:
         return s_t.detach()
 
     def _coefficient(self, full: str, s_t: torch.Tensor, d_t: torch.Tensor) -> torch.Tensor | None:
-        # Hook for DESIGN §4.2 ('rescale', 'respectral' need the spectra of the A's they act on).
-        if self.coefficient_policy == "keep":
-            return self._copy(full, s_t, d_t)
-        raise AssertionError(self.coefficient_policy)  # validated in transfer_weights
+        # Every policy starts from a copy: 'rescale' and 'respectral' need the spectra of the A's the
+        # coefficients act on, which a single tensor cannot see — transfer_weights then applies them
+        # per smoothing level (move_coefficients) once every tensor has moved.
+        return self._copy(full, s_t, d_t)
 
     def residual(self, s_t: torch.Tensor, d_t: torch.Tensor) -> float:
         fine, coarse = (d_t, s_t) if self.direction == "prolongate" else (s_t, d_t)
@@ -296,6 +316,156 @@ class _Mover:
         else:
             moved = restrict_images(images, self.family) * _HEAD_AREA
         return moved.reshape(d_t.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Polynomial coefficients across grids (DESIGN §4.2)
+# ---------------------------------------------------------------------------------------------
+
+
+def _smoothing_levels(model: nn.Module) -> list | None:
+    levels = getattr(model, "smoothing_levels", None)
+    return levels() if callable(levels) else None
+
+
+def _coefficient_levels(src: nn.Module, dst: nn.Module) -> int:
+    """How many coefficient tensors the model-level pass handles (0: none, e.g. no ``smoothing_levels``).
+
+    Raises ``ValueError`` when the two models' smoothing levels do not correspond.
+    """
+    s_levels, d_levels = _smoothing_levels(src), _smoothing_levels(dst)
+    if s_levels is None or d_levels is None:
+        return 0
+    if len(s_levels) != len(d_levels):
+        raise ValueError(f"models differ in their smoothing levels: {len(s_levels)} vs {len(d_levels)}")
+    count = 0
+    for s, d in zip(s_levels, d_levels):
+        if list(s.kinds) != list(d.kinds) or s.coarsening != d.coarsening or len(s.coeffs) != len(d.coeffs):
+            raise ValueError(f"smoothing level {s.level}: steps {''.join(s.kinds)}/coarsening {s.coarsening} vs "
+                             f"{''.join(d.kinds)}/coarsening {d.coarsening}")
+        count += len(d.coeffs)
+    return count
+
+
+def _model_resolutions(src: nn.Module, dst: nn.Module, direction: str, policy: str) -> tuple[int, int]:
+    """Input resolutions of source and destination (``model.resolution``, set by ``build_model``)."""
+    rs, rd = getattr(src, "resolution", None), getattr(dst, "resolution", None)
+    up = direction == "prolongate"
+    if rs is None and rd is not None:
+        rs = rd // 2 if up else rd * 2
+    if rd is None and rs is not None:
+        rd = rs * 2 if up else rs // 2
+    if rs is None or rd is None:
+        raise ValueError(f"coefficient_policy {policy!r} needs the models' input resolutions "
+                         "(the attribute 'resolution' that build_model sets)")
+    return int(rs), int(rd)
+
+
+def level_grid(resolution: int, coarsening: int) -> int:
+    """Side of a smoothing level's grid: the input resolution / the level's coarsening (at least 1)."""
+    return max(1, resolution // coarsening)
+
+
+SpectralBox = tuple[float, float, float, float]  # (min Re, max Re, min Im, max Im)
+
+
+def spectral_box(eigs: torch.Tensor) -> SpectralBox:
+    lam = torch.as_tensor(eigs).to(torch.complex128).reshape(-1)
+    return (lam.real.min().item(), lam.real.max().item(), lam.imag.min().item(), lam.imag.max().item())
+
+
+def _interval_map(lo: float, hi: float, lo2: float, hi2: float) -> tuple[float, float]:
+    """(scale, shift) of the affine map [lo, hi] → [lo2, hi2]; a degenerate source interval moves its centre."""
+    width = hi - lo
+    if width > 1e-12 * max(abs(lo), abs(hi), 1e-30):
+        s = (hi2 - lo2) / width
+        return s, lo2 - s * lo
+    return 1.0, (lo2 + hi2) / 2 - (lo + hi) / 2
+
+
+def rescale_step(kind: str, coeff: torch.Tensor, src_box: SpectralBox, dst_box: SpectralBox) -> torch.Tensor:
+    """One step's coefficients with every root mapped from ``src_box`` to ``dst_box`` (``rescale``).
+
+    Real parts: the affine map of [min Re, max Re] onto the destination's; imaginary parts: the
+    scale of [min Im, max Im] onto the destination's (the boxes of real operators are symmetric
+    about the real axis, so conjugate pairs stay conjugate).  A ``g`` step's factor 1 − αλ² has
+    roots ±ζ, symmetric about 0, which a shifting map would break: its box is the symmetric
+    [−ρ, ρ], ρ = max |Re Λ| (the interval its spectral init reads), so real ζ scale by ρ'/ρ,
+    imaginary ζ by the imaginary scale.  Roots at ∞ (a zero coefficient) stay there; a root mapped
+    onto 0 is pushed out to 1e-6 × the destination's spectral scale (1/ζ must stay finite).
+    """
+    re_s, re_t = _interval_map(src_box[0], src_box[1], dst_box[0], dst_box[1])
+    im_s, _ = _interval_map(src_box[2], src_box[3], dst_box[2], dst_box[3])
+    rho_src = max(abs(src_box[0]), abs(src_box[1]))
+    rho_dst = max(abs(dst_box[0]), abs(dst_box[1]))
+    floor = 1e-6 * max(rho_dst, abs(dst_box[2]), abs(dst_box[3]), 1e-30)
+    roots = step_roots(kind, coeff)
+
+    def finite(z: complex) -> bool:
+        return math.isfinite(z.real) and math.isfinite(z.imag)
+
+    def moved(z: complex) -> complex:
+        if not finite(z):
+            return z
+        if kind == "g":
+            g_scale = rho_dst / rho_src if rho_src > 0 else 1.0
+            w = complex(z.real * g_scale, z.imag * im_s)
+        else:
+            w = complex(re_s * z.real + re_t, z.imag * im_s)
+        if abs(w) < floor:
+            w = complex(floor if w.real >= 0 else -floor, w.imag)
+        return w
+
+    new = [moved(complex(z)) for z in roots.tolist()]
+    inv = [1 / z if finite(z) else 0j for z in new]
+    out = coeff.detach().to(torch.float64).cpu().reshape(-1).clone()
+    if kind == "q":
+        out[0] = inv[0].real
+    elif kind == "g":
+        out[0] = (inv[0] * inv[0]).real  # α = 1/ζ² (the pair ±ζ gives the same α)
+    else:  # 1 − c1 λ + c2 λ² = (1 − λ/z1)(1 − λ/z2): a conjugate pair or two real roots
+        out[0] = (inv[0] + inv[1]).real
+        out[1] = (inv[0] * inv[1]).real
+    return out.to(torch.float32)
+
+
+def move_coefficients(src: nn.Module, dst: nn.Module, policy: str, src_resolution: int,
+                      dst_resolution: int) -> None:
+    """Set ``dst``'s polynomial coefficients from ``src``'s by ``policy`` (DESIGN §4.2), level by level.
+
+    Both models need ``smoothing_levels()``; ``dst``'s A's must already hold their moved weights.
+    A level's spectrum is that of its A on its own periodic grid, ``resolution / coarsening`` (as
+    the spectral init reads it), in complex64.
+
+    * ``keep``: copy.
+    * ``rescale``: per step, the roots of ``src``'s coefficients mapped by :func:`rescale_step`
+      from the box of spec(A_src) to the box of spec(A_dst).
+    * ``respectral``: seed 000 Alg. 3 on spec(A_dst) — what ``init_coefficients("spectral")`` of
+      the destination model gives for its current A's.
+    """
+    if policy not in COEFFICIENT_POLICIES:
+        raise ValueError(f"unknown coefficient_policy {policy!r}; allowed: {', '.join(COEFFICIENT_POLICIES)}")
+    s_levels, d_levels = _smoothing_levels(src), _smoothing_levels(dst)
+    if s_levels is None or d_levels is None:
+        raise ValueError("move_coefficients needs models with smoothing_levels()")
+    _coefficient_levels(src, dst)  # the levels correspond
+    with torch.no_grad():
+        for s, d in zip(s_levels, d_levels):
+            if not d.coeffs:
+                continue
+            if policy == "keep":
+                values = [c.detach() for c in s.coeffs]
+            elif policy == "respectral":
+                eigs = conv_spectrum(d.A.weight, level_grid(dst_resolution, d.coarsening), dtype=torch.complex64)
+                values = init_coefficients(d.kinds, eigs, "spectral")
+            else:
+                src_box = spectral_box(conv_spectrum(s.A.weight, level_grid(src_resolution, s.coarsening),
+                                                     dtype=torch.complex64))
+                dst_box = spectral_box(conv_spectrum(d.A.weight, level_grid(dst_resolution, d.coarsening),
+                                                     dtype=torch.complex64))
+                values = [rescale_step(k, c, src_box, dst_box) for k, c in zip(s.kinds, s.coeffs)]
+            for p, v in zip(d.coeffs, values):
+                p.copy_(v.to(dtype=p.dtype, device=p.device).reshape(p.shape))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,9 +72,16 @@ def test_cli_coarse_to_fine_with_overrides(mres_cli, small_npz, tmp_path):
     r = mres_cli("coarse-to-fine", "--set", "trials=1", "--set", "dataset.name=npz",
                  "--set", f"dataset.path={small_npz}", "--set", "resolutions=[8,16]",
                  "--set", "coarse.epochs=1", "--set", "fine.epochs=1", "--set", "strategies=[transfer,galerkin]",
-                 "--set", "model.width1=4", "--set", "model.width2=4", "--out", str(tmp_path / "run"), "--quiet")
+                 "--set", "model.width1=4", "--set", "model.width2=4", "--out", str(tmp_path / "run"), "--quiet",
+                 "--set", "analysis.landscape.grid=3x3", "--set", "analysis.landscape.samples=16",
+                 "--set", "analysis.features.channels=[0]")
     assert r.returncode == 0, r.stderr
     assert "at transfer" in r.stdout and (tmp_path / "run" / "report.md").exists()
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "Loss landscapes" in md and "Propagated features" in md
+    # coarse minimum + start and end of both strategies, one colour scale
+    with np.load(tmp_path / "run" / "landscape" / "landscape.npz") as z:
+        assert z["loss"].shape == (5, 3, 3)
     r2 = mres_cli("report", str(tmp_path / "run"))
     assert r2.returncode == 0 and "galerkin" in r2.stdout
     bad = mres_cli("coarse-to-fine", "--set", "strategies=[transfer,magic]", "--set", "resolutions=[7,28]")
