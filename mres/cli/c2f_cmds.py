@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import UserError
 from . import app, console
-from .train_cmds import SetOpt, default_run_dir, resolve_recipe_path
+from .train_cmds import SetOpt, recipe_and_run_dir
 
 
 @app.command("coarse-to-fine")
@@ -23,17 +23,9 @@ def coarse_to_fine_cmd(
 ) -> None:
     """Train coarse, transfer with every strategy, train fine; write the comparison report."""
     from ..c2f import run_coarse_to_fine
-    from ..recipe import CoarseToFineRecipe, load_recipe
+    from ..recipe import CoarseToFineRecipe
 
-    if resume is not None:
-        if not (resume / "recipe.yaml").exists():
-            raise UserError(f"--resume {resume}: no recipe.yaml there (not an mres run directory)")
-        rec = load_recipe(resume / "recipe.yaml", set_ or [], CoarseToFineRecipe)
-        run_dir = resume
-    else:
-        path = resolve_recipe_path(recipe)
-        rec = load_recipe(path, set_ or [], CoarseToFineRecipe)
-        run_dir = out or default_run_dir(path, "coarse-to-fine")
+    rec, run_dir = recipe_and_run_dir(recipe, out, set_, resume, CoarseToFineRecipe, "coarse-to-fine")
     summary = run_coarse_to_fine(rec, run_dir, progress=not quiet)
     if rec.analysis.landscape or rec.analysis.features:
         run_analysis(rec, run_dir, quiet)

@@ -32,6 +32,19 @@ def resolve_recipe_path(recipe: Optional[Path]) -> Optional[Path]:
     raise UserError(f"recipe file {recipe} does not exist (bundled recipes: `mres recipes`)")
 
 
+def recipe_and_run_dir(recipe: Optional[Path], out: Optional[Path], overrides: Optional[List[str]],
+                       resume: Optional[Path], kind: type, default_name: str):
+    """The validated recipe and run directory of a job: a new run, or ``--resume RUN_DIR``."""
+    from ..recipe import load_recipe
+
+    if resume is not None:
+        if not (resume / "recipe.yaml").exists():
+            raise UserError(f"--resume {resume}: no recipe.yaml there (not an mres run directory)")
+        return load_recipe(resume / "recipe.yaml", overrides or [], kind), resume
+    path = resolve_recipe_path(recipe)
+    return load_recipe(path, overrides or [], kind), out or default_run_dir(path, default_name)
+
+
 @app.command("train")
 def train_cmd(
     recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="YAML recipe (a path or a bundled name)."),
@@ -41,18 +54,10 @@ def train_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Train one model at one resolution."""
-    from ..recipe import TrainRecipe, load_recipe
+    from ..recipe import TrainRecipe
     from ..train import train_job
 
-    if resume is not None:
-        if not (resume / "recipe.yaml").exists():
-            raise UserError(f"--resume {resume}: no recipe.yaml there (not an mres run directory)")
-        rec = load_recipe(resume / "recipe.yaml", set_ or [], TrainRecipe)
-        run_dir = resume
-    else:
-        path = resolve_recipe_path(recipe)
-        rec = load_recipe(path, set_ or [], TrainRecipe)
-        run_dir = out or default_run_dir(path, "train")
+    rec, run_dir = recipe_and_run_dir(recipe, out, set_, resume, TrainRecipe, "train")
     console.print(f"run directory: [bold]{run_dir}[/]")
     result = train_job(rec, run_dir, resume=resume is not None, progress=not quiet)
     m = result["metrics"]
@@ -114,7 +119,6 @@ def datasets_cmd() -> None:
 @app.command("recipes")
 def recipes_cmd() -> None:
     """The bundled recipes."""
-    import yaml
 
     table = Table(title=f"bundled recipes ({RECIPES_DIR})")
     table.add_column("recipe")
