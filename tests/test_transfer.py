@@ -155,8 +155,8 @@ def test_bad_options_and_mismatched_models_raise():
         transfer_weights(coarse, fine, "galerkin", family="bicubic")
     with pytest.raises(ValueError, match="direction"):
         transfer_weights(coarse, fine, "galerkin", direction="sideways")
-    with pytest.raises(NotImplementedError):
-        transfer_weights(coarse, fine, "galerkin", coefficient_policy="respectral")
+    with pytest.raises(ValueError, match="respectral"):
+        transfer_weights(coarse, fine, "galerkin", coefficient_policy="reinvent")
     wider = build_model("cnn", {"pool": False, "width2": 32}, 1, 10, 28)
     with pytest.raises(ValueError, match="conv2.weight"):
         transfer_weights(coarse, wider, "galerkin")
