@@ -312,16 +312,31 @@ def plot_spectrum(eigs: torch.Tensor, roots: torch.Tensor | None, path: str | Pa
     x = lam.real.numpy()
     y = lam.imag.numpy()
     if rts.numel():
+        # one colour scale: the background is log10 |q| (with its colour bar); eigenvalues are plain
+        # dark dots on top, so nothing else competes with the bar
         gx, gy = np.meshgrid(np.linspace(box[0], box[1], 240), np.linspace(box[2], box[3], 240))
         grid = torch.from_numpy(gx + 1j * gy)
         qg = residual_polynomial(rts, grid).abs().numpy()
-        cs = ax.contourf(gx, gy, np.log10(qg + 1e-16), levels=30, cmap="viridis", alpha=0.55)
+        cs = ax.contourf(gx, gy, np.log10(qg + 1e-16), levels=30, cmap="viridis", alpha=0.85)
         fig.colorbar(cs, ax=ax, label="log10 |q(λ)|")
         q_eig = residual_polynomial(rts, lam).abs().numpy()
-        ax.scatter(x, y, c=np.log10(q_eig + 1e-16), cmap="magma", s=6, edgecolors="none",
-                   label=f"eigenvalues of A (max |q| = {q_eig.max():.3g})")
-        ax.scatter(finite.real.numpy(), finite.imag.numpy(), marker="x", s=80, c="red", linewidths=2,
-                   label="roots of q")
+        ax.scatter(x, y, s=4, c="black", alpha=0.45, edgecolors="none",
+                   label=f"eigenvalues of A (max |q| on them = {q_eig.max():.3g})")
+        ax.scatter(finite.real.numpy(), finite.imag.numpy(), marker="x", s=90, c="red", linewidths=2.2,
+                   label=f"roots of q ({finite.numel()} finite)")
+        # repeated roots (e.g. two ĝ steps with the same α) sit on one cross: label the multiplicity
+        tol = 1e-3 * max(box[1] - box[0], box[3] - box[2])
+        pts_r = finite.tolist()
+        done: list[complex] = []
+        for z in pts_r:
+            if any(abs(z - d) <= tol for d in done):
+                continue
+            done.append(z)
+            k = sum(abs(z - w) <= tol for w in pts_r)
+            if k > 1:
+                ax.annotate(f"×{k}", (z.real, z.imag), textcoords="offset points", xytext=(7, 7), color="red",
+                            fontsize=9, fontweight="bold",
+                            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
     else:
         ax.scatter(x, y, s=6, c="tab:blue", edgecolors="none", label="eigenvalues of A")
     ax.axhline(0, color="grey", lw=0.5)

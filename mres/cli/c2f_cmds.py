@@ -73,6 +73,8 @@ def run_analysis(rec, run_dir: Path, quiet: bool) -> None:
 
 
 def print_summary(summary: dict) -> None:
+    from rich.markup import escape
+
     from ..report import _ms
 
     res = summary["resolutions"]
@@ -81,7 +83,7 @@ def print_summary(summary: dict) -> None:
     for col in ("strategy", "at transfer", "after 1st epoch", "final", "seconds", "diverged"):
         table.add_column(col, justify="right")
     for label, s in summary["strategies"].items():
-        table.add_row(label, _ms(s["acc_at_transfer"]), _ms(s["acc_after_first_epoch"]), _ms(s["acc_final"]),
+        table.add_row(escape(label), _ms(s["acc_at_transfer"]), _ms(s["acc_after_first_epoch"]), _ms(s["acc_final"]),
                       _ms(s["seconds"], pct=False), f"{sum(s['diverged'])}/{len(s['diverged'])}")
     console.print(table)
 
@@ -145,7 +147,8 @@ def transfer_cmd(
     payload = {k: v for k, v in c.items() if k not in ("optimizer", "scheduler", "rng", "format", "versions")}
     payload.update({"model": dst.state_dict(), "resolution": new_res, "epoch": 0, "metrics": [],
                     "transferred_from": {"checkpoint": str(ckpt), "resolution": res, "strategy": strategy,
-                                         "family": family, "lam": lam}})
+                                         "family": family, "lam": lam,
+                                         "coefficient_policy": policy}})
     save_checkpoint(out, payload)
     table = Table(title=f"{arch['name']}: {res}×{res} → {new_res}×{new_res} ({strategy}, {family}, lam={lam:g})")
     for col in ("tensor", "kind", "‖before‖", "‖after‖", "growth", "Galerkin residual"):
