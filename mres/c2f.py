@@ -70,7 +70,9 @@ def variants(recipe: CoarseToFineRecipe, has_coefficients: bool) -> list[Variant
 
 
 def _has_coefficients(model: nn.Module) -> bool:
-    return any("coeff" in n for n, _ in model.named_parameters())
+    """Polynomial smoother coefficients that the coefficient policies act on (Poly-MgNet)."""
+    levels = getattr(model, "smoothing_levels", None)
+    return callable(levels) and any(lvl.coeffs for lvl in levels())
 
 
 class CoarseToFine:
