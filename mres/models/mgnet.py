@@ -248,7 +248,21 @@ class MgTransfer(nn.Module):
         return f_next + next_level.A(u_next), u_next
 
 
-class MgNet(nn.Module):
+class MultilevelNet(nn.Module):
+    """forward and stages of the multilevel nets: ``_run(x, record)`` returns the last level's u."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        u = self._run(x, None)
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(u, 1), 1))
+
+    def stages(self, x: Tensor) -> list[tuple[str, Tensor]]:
+        """Feature maps per level: the data f^ℓ and the smoothed features u^ℓ."""
+        out: list[tuple[str, Tensor]] = []
+        self._run(x, out)
+        return out
+
+
+class MgNet(MultilevelNet):
     def __init__(self, spec: MgNetSpec, opts: MgNetOptions, in_channels: int, num_classes: int):
         super().__init__()
         flat = scale_widths([c for pair in spec.widths for c in pair], opts.width_scale)
@@ -282,16 +296,6 @@ class MgNet(nn.Module):
                 record.append((f"level{idx + 1}.f", f))
                 record.append((f"level{idx + 1}.u", u))
         return u  # type: ignore[return-value]
-
-    def forward(self, x: Tensor) -> Tensor:
-        u = self._run(x, None)
-        return self.head(torch.flatten(F.adaptive_avg_pool2d(u, 1), 1))
-
-    def stages(self, x: Tensor) -> list[tuple[str, Tensor]]:
-        """Feature maps per level: the data f^ℓ and the smoothed features u^ℓ."""
-        out: list[tuple[str, Tensor]] = []
-        self._run(x, out)
-        return out
 
     def smoothing_levels(self) -> list[SmoothingLevel]:
         return [SmoothingLevel(i + 1, lvl.A, [], [], 2 ** i) for i, lvl in enumerate(self.levels)]

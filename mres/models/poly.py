@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 
 from ..spectrum import conv_spectrum, init_coefficients
-from .mgnet import SmoothingLevel, conv3x3, scale_widths, transfer_conv, zeros_like_grid
+from .mgnet import MultilevelNet, SmoothingLevel, conv3x3, scale_widths, transfer_conv, zeros_like_grid
 from .registry import ModelFamily, ModelOptions, register_family
 
 Tensor = torch.Tensor
@@ -225,7 +225,7 @@ class PolyTransfer(nn.Module):
         return f_next + next_level.A(u_next), u_next
 
 
-class PolyMgNet(nn.Module):
+class PolyMgNet(MultilevelNet):
     def __init__(self, spec: PolySpec, opts: PolyOptions, in_channels: int, num_classes: int, resolution: int):
         super().__init__()
         widths = scale_widths(list(opts.widths), opts.width_scale)
@@ -267,16 +267,6 @@ class PolyMgNet(nn.Module):
                 record.append((f"level{idx + 1}.f", f))
                 record.append((f"level{idx + 1}.u", u))
         return u  # type: ignore[return-value]
-
-    def forward(self, x: Tensor) -> Tensor:
-        u = self._run(x, None)
-        return self.head(torch.flatten(F.adaptive_avg_pool2d(u, 1), 1))
-
-    def stages(self, x: Tensor) -> list[tuple[str, Tensor]]:
-        """Feature maps per level: the data f^ℓ and the smoothed features u^ℓ."""
-        out: list[tuple[str, Tensor]] = []
-        self._run(x, out)
-        return out
 
     def smoothing_levels(self) -> list[SmoothingLevel]:
         """Per level: (level, A, coefficient parameters, step kinds, coarsening) for the spectrum code."""
