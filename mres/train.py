@@ -213,9 +213,9 @@ def fit(
 
 
 def _get_rng(gen: torch.Generator) -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
     return {"torch": torch.get_rng_state(), "batches": gen.get_state(),
-            "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
-            "python_gauss": random.getstate()[2],
+            "python": list(internal), "python_version": version, "python_gauss": gauss,
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 

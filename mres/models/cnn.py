@@ -80,8 +80,8 @@ class ThesisCNN(nn.Module):
     def regularization(self) -> torch.Tensor | None:
         """Thesis R(w) = ½α‖∇_h w‖²: finite-difference gradient of each class's weight image.
 
-        α is given for the 28×28 reference grid and scaled ×4 per coarsening (seed 003 §3.2.1),
-        i.e. α_grid = α · (28 / side)²·... expressed through the Riemann-sum area ratio.
+        α is given for the finest (reference) grid and scaled ×4 per coarsening, the Riemann-sum
+        area ratio (seed 003 §3.2.1): α_grid = α · (reference / resolution)².
         """
         if self.smooth_classifier <= 0:
             return None
