@@ -240,7 +240,7 @@ def test_figures_non_square_grid_and_surface_not_blank(tmp_path):
 # ---------------------------------------------------------------------------- CLI
 
 def test_flag_parsing_errors_name_the_flag():
-    from mres.cli.analysis_cmds import checkpoint_labels, parse_grid, parse_range
+    from mres.analysis import checkpoint_labels, parse_grid, parse_range
     from pathlib import Path
 
     assert parse_grid("41x31", 2) == (41, 31) and parse_grid("9", 2) == (9, 9) and parse_grid("9", 1) == (9,)

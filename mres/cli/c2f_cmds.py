@@ -28,48 +28,14 @@ def coarse_to_fine_cmd(
     rec, run_dir = recipe_and_run_dir(recipe, out, set_, resume, CoarseToFineRecipe, "coarse-to-fine")
     summary = run_coarse_to_fine(rec, run_dir, progress=not quiet)
     if rec.analysis.landscape or rec.analysis.features:
-        run_analysis(rec, run_dir, quiet)
+        from ..analysis import analyse_coarse_to_fine
+
+        analyse_coarse_to_fine(rec, run_dir, progress=not quiet)
         from ..report import write_report
 
         write_report(run_dir)
     print_summary(summary)
     console.print(f"report: [bold]{run_dir / 'report.md'}[/] (+ report.html, summary.json, figures/)")
-
-
-def analysis_checkpoints(rec, run_dir: Path) -> list[tuple[str, Path]]:
-    """(label, checkpoint): the coarse minimum, then each strategy's start and end on the finest grid."""
-    t = run_dir / f"trial{rec.analysis.trial}"
-    res = rec.resolutions
-    out = [(f"coarse {res[0]} min", t / f"coarse-{res[0]}" / "checkpoints" / "last.pt")]
-    labels = {}
-    for d in sorted(p for p in t.iterdir() if p.is_dir() and not p.name.startswith("coarse")):
-        labels[d.name] = d
-    for s in rec.strategies:
-        for slug, d in labels.items():
-            if slug == s or slug.startswith(s + "-") and not (s == "galerkin" and slug.startswith("galerkin-reg")):
-                ck = d / f"fine-{res[-1]}" / "checkpoints"
-                out += [(f"{slug} start", ck / "start.pt"), (f"{slug} end", ck / "last.pt")]
-    return [(label, p) for label, p in out if p.exists()]
-
-
-def run_analysis(rec, run_dir: Path, quiet: bool) -> None:
-    """Landscape panels and feature pictures of a finished run (recipe `analysis:`)."""
-    from .analysis_cmds import features_cmd, landscape_cmd
-
-    pairs = analysis_checkpoints(rec, run_dir)
-    labels = ",".join(label for label, _ in pairs)
-    paths = [p for _, p in pairs]
-    ls = rec.analysis.landscape
-    if ls is not None:
-        console.print(f"landscape of {len(paths)} checkpoints ({ls.grid} grid, {ls.samples} samples)")
-        landscape_cmd(ckpts=paths, out=run_dir / "landscape", grid=ls.grid, range_=ls.range, yrange=None,
-                      dim=None if "x" in ls.grid else 1, between=None, samples=ls.samples, split=ls.split, chunk=8,
-                      batch=None, method="auto", device=rec.device, seed=ls.seed, data_seed=0, directions=None,
-                      labels=labels, vmax=None, log=ls.log, quiet=quiet)
-    fs = rec.analysis.features
-    if fs is not None:
-        features_cmd(ckpts=paths, samples=",".join(map(str, fs.samples)), channels=",".join(map(str, fs.channels)),
-                     out=run_dir / "features", split=fs.split, data_seed=0, labels=labels, device=rec.device)
 
 
 def print_summary(summary: dict) -> None:
