@@ -16,12 +16,17 @@ Structure (J levels, total coarsening 2^(J−1))::
     ℓ → ℓ+1:           u' = ReLU(BN(Π u)),  f' = ReLU(BN(R(f − A u))) + A'(u')
     head:              global average pool of u → linear
 
-Π, R are 3×3 stride-2 convs; Π0 = 0 (u' = 0, so f' = ReLU(BN(R(f − A u)))), Π1 a full conv, Π2
-channel-wise (grouped conv, one stencil per channel: seed 001 eq. 6.24 "group convolution with
-channels as groups number").  Options also give the multi-step (seed 001 eq. 6.8) and
-Chebyshev-semi (eq. 6.9) smoothers, a channel-wise R (the transfer Poly-MgNet uses) and a width
-scaling factor.  BN weights and biases count as weights, convs have no bias: this reproduces the
-reference code's 8,278,794 weights for MgNet[2,2,2,2]-[256]-Bl on CIFAR-10 (10,638,090 with Bli).
+Π, R are 3×3 stride-2 convs, as in the reference code (seed 002's text says 1×1, but its 8.2M /
+8.3M counts need 3×3: 1×1 would give 5.1M); Π0 = 0 (u' = 0, so f' = ReLU(BN(R(f − A u)))), Π1 a
+full conv, Π2 channel-wise: a grouped conv with one trained stencil per channel (seed 001 eq. 6.24
+"group convolution with channels as groups number"; the formula Π̄ ⊗ I read literally ties one
+stencil across all channels — a special case of this one, and undefined when c_u changes between
+levels, which the seed 000 baseline MgNet needs).  Options also give the multi-step (seed 001
+eq. 6.8) and Chebyshev-semi (eq. 6.9) smoothers (see :class:`MgLevel`), a channel-wise R (the
+transfer Poly-MgNet uses) and a width scaling factor.  BN weights and biases count as weights,
+convs have no bias: this reproduces the reference code's 8,278,794 weights for
+MgNet[2,2,2,2]-[256]-Bl on CIFAR-10 (10,638,090 with Bli).  Init: PyTorch defaults, as the
+reference code (the papers name Kaiming's init).
 """
 
 from __future__ import annotations
@@ -157,11 +162,18 @@ class MgNetOptions(ModelOptions):
 
 
 class MgLevel(nn.Module):
-    """Smoothing on one grid: A shared by all steps, B one per level or per step, BN pair per step.
+    """Smoothing on one grid: A shared by all steps; B per level or per application; BN pair per application.
 
-    Coefficients (``coeffs``): multi-step → softmax logits of the weights α_j^i (eq. 6.8, α ≥ 0,
-    Σ_j α_j^i = 1), initialised with 0.9 on the newest state; Chebyshev-semi → ω^i (eq. 6.9),
-    initialised to 1 (= the plain step).
+    An *application* is one σ∘BN∘B∘σ∘BN(f − A u^j) term.  Plain and Chebyshev-semi smoothing have one
+    per step (ν); multi-step smoothing (seed 001 eq. 6.8) has one per pair (i, j), j < i — the paper's
+    B_j^{ℓ,i} — so ν(ν+1)/2, application (i, j) at index i(i−1)/2 + j.  ``Bli`` gives every application
+    its own conv (B^{ℓ,i}, resp. B_j^{ℓ,i}); ``Bl`` shares one conv B^ℓ.  BN pairs are never shared
+    (reference code: one pair per MgIte even with a shared B).
+
+    Coefficients (``coeffs``, one tensor per step i): multi-step → softmax logits of α_j^{ℓ,i}
+    (α ≥ 0, Σ_j α_j = 1, the semi-iterative constraint of eq. 3.21), initialised with 0.9 on u^{i−1};
+    Chebyshev-semi → ω^{ℓ,i} (eq. 6.9), initialised to 1 (= the plain step).  Both are learned: the
+    paper fixes neither, and the classical Chebyshev ω's need a spectral bound of the learned B A.
     """
 
     def __init__(self, steps: int, c_u: int, c_f: int, b_per_step: bool, smoothing: str):
@@ -169,10 +181,11 @@ class MgLevel(nn.Module):
         self.steps = steps
         self.smoothing = smoothing
         self.A = conv3x3(c_u, c_f)
-        n_b = steps if b_per_step else min(steps, 1)
+        n_app = steps * (steps + 1) // 2 if smoothing == "multistep" else steps
+        n_b = n_app if b_per_step else min(n_app, 1)
         self.B = nn.ModuleList(conv3x3(c_f, c_u) for _ in range(n_b))
-        self.bn_r = nn.ModuleList(nn.BatchNorm2d(c_f) for _ in range(steps))
-        self.bn_b = nn.ModuleList(nn.BatchNorm2d(c_u) for _ in range(steps))
+        self.bn_r = nn.ModuleList(nn.BatchNorm2d(c_f) for _ in range(n_app))
+        self.bn_b = nn.ModuleList(nn.BatchNorm2d(c_u) for _ in range(n_app))
         self.c_u = c_u
         self.coeffs = nn.ParameterList()
         if smoothing == "multistep":
@@ -185,40 +198,48 @@ class MgLevel(nn.Module):
             for _ in range(steps):
                 self.coeffs.append(nn.Parameter(torch.ones(1)))
 
-    def correction(self, j: int, f: Tensor, u: Tensor | None) -> Tensor:
-        """ReLU(BN(B(ReLU(BN(f − A u))))) with the j-th step's smoother and norms."""
-        r = f if u is None else f - self.A(u)
-        r = F.relu(self.bn_r[j](r))
-        b = self.B[j if len(self.B) > 1 else 0]
-        return F.relu(self.bn_b[j](b(r)))
+    def residual(self, f: Tensor, u: Tensor | None) -> Tensor:
+        return f if u is None else f - self.A(u)
+
+    def correction(self, k: int, r: Tensor) -> Tensor:
+        """ReLU(BN(B(ReLU(BN(r))))) with the k-th application's smoother and norms (r = f − A u)."""
+        b = self.B[k if len(self.B) > 1 else 0]
+        return F.relu(self.bn_b[k](b(F.relu(self.bn_r[k](r)))))
+
+    def step(self, k: int, f: Tensor, u: Tensor | None) -> Tensor:
+        """u + B(f − A u), the residual-correction step every variant combines."""
+        s = self.correction(k, self.residual(f, u))
+        return s if u is None else u + s
 
     def forward(self, f: Tensor, u: Tensor | None) -> Tensor | None:
-        if self.smoothing == "plain":
-            for j in range(self.steps):
-                s = self.correction(j, f, u)
-                u = s if u is None else u + s
+        if self.smoothing == "plain":  # eq. 6.7 / seed 002 eq. 3.5
+            for i in range(self.steps):
+                u = self.step(i, f, u)
             return u
         if self.smoothing == "chebyshev-semi":
-            prev = u  # u^{i-2}; u^{-1} := u^0
-            for j in range(self.steps):
-                s = self.correction(j, f, u)
-                step = s if u is None else u + s
-                w = self.coeffs[j]
-                new = w * step + (1 - w) * prev if prev is not None else w * step
+            # eq. 6.9: u^i = ω^i (u^{i-1} + B^i(f − A u^{i-1})) + (1 − ω^i) u^{i-2}, with u^{-1} := u^0
+            # (so u^1 = u^0 + ω^1 B^1(f − A u^0), the classical start); None stands for a zero state
+            prev = u
+            for i in range(self.steps):
+                w = self.coeffs[i]
+                new = w * self.step(i, f, u)
+                if prev is not None:
+                    new = new + (1 - w) * prev
                 prev, u = u, new
             return u
-        # multistep: u^i = Σ_{j<i} α_j^i (u^j + s_j); s_j computed once per state
+        # multi-step, eq. 6.8: u^i = Σ_{j<i} α_j^i (u^j + B_j^i(f − A u^j)); r^j = f − A u^j computed once
         states: list[Tensor | None] = [u]
-        updated: list[Tensor] = []
+        residuals = [self.residual(f, u)]
         for i in range(1, self.steps + 1):
-            uj = states[i - 1]
-            s = self.correction(i - 1, f, uj)
-            updated.append(s if uj is None else uj + s)
             alpha = torch.softmax(self.coeffs[i - 1], dim=0)
-            new = alpha[0] * updated[0]
-            for j in range(1, i):
-                new = new + alpha[j] * updated[j]
+            new: Tensor | None = None
+            for j, (uj, rj) in enumerate(zip(states, residuals)):
+                s = self.correction(i * (i - 1) // 2 + j, rj)
+                term = alpha[j] * (s if uj is None else uj + s)
+                new = term if new is None else new + term
             states.append(new)
+            if i < self.steps:
+                residuals.append(self.residual(f, new))
         return states[-1]
 
 
@@ -238,8 +259,7 @@ class MgTransfer(nn.Module):
         self.bn_R = nn.BatchNorm2d(cf_next)
 
     def forward(self, level: MgLevel, next_level: MgLevel, f: Tensor, u: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        r = f if u is None else f - level.A(u)
-        f_next = F.relu(self.bn_R(self.R(r)))
+        f_next = F.relu(self.bn_R(self.R(level.residual(f, u))))  # the level's own A (eq. 6.6)
         if self.Pi is None:
             return f_next, None
         if u is None:

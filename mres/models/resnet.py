@@ -16,7 +16,18 @@ Block with B = first conv, A = second conv::
     ResNet:          r ← ReLU(S r + BN(A ReLU(BN(B r))))
     pre-act ResNet:  r ← S' r + A ReLU(BN(B ReLU(BN r)))          (S, S' identity or 1×1 conv+BN / 1×1 conv)
 
-``width_scale`` multiplies every width (Poly-MgNet Fig. 5 channel scaling).
+-Al-Bli shares A within a stage including the transition block's A^{ℓ,0} (only B^{ℓ,0} cannot be
+shared, it changes the width): that is what seed 002 Table 3's counts need — resnet18-Al-Bli
+8,040,522 (printed 8.0M / 8.1M), resnet34-Al-Bli 13,098,314 (13M); sharing from block 2 on would
+leave ResNet-18 at 11.1M.  BN after a shared A stays per block.
+
+Pre-activation details follow the PyTorch CIFAR sample code seed 002 says it used: the stem is a
+bare conv, the 1×1 stride-2 projection R reads the pre-activated input σ(BN r), no BN-ReLU before
+the pool (Alg. 1 ends with R_ave(r)).  Seed 002's BN-free formulas write f_in = σ∘θ^0 and R *_2 r
+(raw r); with BN-ReLU at the start of every block the two readings differ only in what the
+shortcut carries.
+
+``width_scale`` multiplies every width (Poly-MgNet Fig. 5 channel scaling), keeping integer ratios.
 """
 
 from __future__ import annotations
