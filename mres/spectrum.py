@@ -244,22 +244,39 @@ def init_coefficients(kinds: Sequence[str], eigs: torch.Tensor | None = None, me
                       channels: int | None = None, generator: torch.Generator | None = None) -> list[torch.Tensor]:
     """Initial coefficients (float32, one tensor per step) for a sequence of steps.
 
+    All three choose roots; the coefficients follow from them (:func:`step_coefficients`).
+    Seed 000 Table 2 says "coefficients drawn from U(λmin, λmax) or U(−t, t)"; the reference code
+    (vanbetteray/Poly-MgNet, ``make_polynomial_block``) draws a value v from either law and sets
+    α = 1/v, i.e. both draws are roots — the only reading under which "drawn from the spectrum" fits.
+
     ``spectral``: the roots of :func:`spectral_roots` (needs ``eigs``).
-    ``uniform-spectrum``: roots drawn from U(min Re Λ, max Re Λ) (seed 000 Table 2); a pair's
-    imaginary part from U(0, max Im Λ).  Draws closer to 0 than 10 % of max |Re Λ| are pushed out
-    to that bound, so that α = 1/ζ stays finite on spectra that straddle 0.
-    ``xavier``: every coefficient from U(−t, t), t = √(6/(c_in + c_out)) = √(3/C) (needs ``channels``).
+    ``uniform-spectrum``: roots drawn from U(min Re Λ, max Re Λ); a pair's imaginary part from
+    U(0, max Im Λ).  Draws closer to 0 than 10 % of max |Re Λ| are pushed out to that bound, so that
+    α = 1/ζ stays finite on spectra that straddle 0.
+    ``xavier``: roots drawn from U(−t, t), t = √(6/(c_in + c_out)) = √(3/C) (needs ``channels``); a
+    pair's imaginary part from U(0, t).  For ``q`` steps this is the reference's α = 1/v exactly; for
+    ``g`` steps α = 1/ζ² (roots ±ζ, as for the other inits) where the reference takes α = 1/v; the
+    reference's pair step has b = 0.  |α| is heavy-tailed (no floor, as in the reference).
     """
     if method not in COEFF_INITS:
         raise ValueError(f"unknown coefficient init {method!r}; allowed: {', '.join(COEFF_INITS)}")
     for k in kinds:
         if k not in STEP_KINDS:
             raise ValueError(f"unknown step kind {k!r}; allowed: {', '.join(STEP_KINDS)}")
+
+    def draw(a: float, b: float) -> float:
+        return a + (b - a) * torch.rand(1, generator=generator, dtype=torch.float64).item()
+
     if method == "xavier":
         if channels is None:
             raise ValueError("xavier init needs the channel count")
         t = math.sqrt(6.0 / (2 * channels))
-        return [(torch.rand(2 if k == "c" else 1, generator=generator) * 2 - 1) * t for k in kinds]
+        roots = []
+        for k in kinds:
+            # only an exact 0 is moved (α = 1/ζ must be finite); small |ζ| keep their large α
+            re = _nonzero(draw(-t, t), t)
+            roots.append(complex(re, draw(0.0, t) if k == "c" else 0.0))
+        return [step_coefficients(k, torch.tensor([z])) for k, z in zip(kinds, roots)]
     if eigs is None:
         raise ValueError(f"{method} init needs the spectrum of A")
     if method == "spectral":
@@ -268,9 +285,6 @@ def init_coefficients(kinds: Sequence[str], eigs: torch.Tensor | None = None, me
     lo, hi = lam.real.min().item(), lam.real.max().item()
     im_max = max(lam.imag.max().item(), 0.0)
     floor = 0.1 * max(abs(lo), abs(hi), 1e-12)
-
-    def draw(a: float, b: float) -> float:
-        return a + (b - a) * torch.rand(1, generator=generator, dtype=torch.float64).item()
 
     out = []
     for k in kinds:

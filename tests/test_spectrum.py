@@ -151,10 +151,19 @@ def test_init_coefficients_spectral_uniform_xavier():
         assert -1.0 - 1e-6 <= roots[3].real.item() <= 2.0 + 1e-6
         assert 0 <= roots[3].imag.item() <= 1.5 + 1e-6 and roots[4] == roots[3].conj()
 
+    # xavier draws roots from U(−t, t) (reference: α = 1/v); the coefficients are their inverses
     t = math.sqrt(6 / (2 * 16))
-    xs = init_coefficients(["q", "g", "c"], None, "xavier", channels=16, generator=gen)
-    assert [x.numel() for x in xs] == [1, 1, 2]
-    assert all(x.abs().max() <= t for x in xs)
+    signs = set()
+    for _ in range(50):
+        xs = init_coefficients(["q", "g", "c"], None, "xavier", channels=16, generator=gen)
+        assert [x.numel() for x in xs] == [1, 1, 2]
+        q, g, (c1, c2) = xs[0].item(), xs[1].item(), xs[2].tolist()
+        assert abs(q) >= 1 / t - 1e-4 and g >= 1 / t**2 * (1 - 1e-6)  # |ζ| ≤ t
+        signs.add(q > 0)
+        z_abs2 = 1 / c2  # pair root z = a + ib: |a| ≤ t, 0 ≤ b ≤ t
+        a = c1 * z_abs2 / 2
+        assert abs(a) <= t + 1e-6 and 0 <= z_abs2 - a * a <= t * t + 1e-6
+    assert signs == {True, False}
     with pytest.raises(ValueError, match="allowed"):
         init_coefficients(["q"], lam, "lfa")
 

@@ -7,7 +7,9 @@ Name grammar (case-insensitive)::
     poly-<steps>  the steps spelled out, one letter each: q (linear), g (squared), c (complex pair)
 
 so ``poly-q2`` = ``poly-qq``, ``poly-g4`` = ``poly-gg``, ``poly-g6`` = ``poly-ggc``, ``poly-g8`` = ``poly-ggcc``
-(seed 000 eq. 21 limits the real factors to two).  Every level runs the same steps.
+(seed 000 limits the real factors to two and says g_d > 4 adds complex-pair terms).  The reference
+code builds one pair step at most, so its g8 (Table 4) is ĝĝĝq̃: ``poly-gggc`` (same weight count up
+to one coefficient per level).  Every level runs the same steps.
 
 Each step is one factor of the residual polynomial (kinds and coefficients: :mod:`mres.spectrum`)::
 
@@ -30,16 +32,23 @@ polynomial          residual    update      pair_residual    pair_update    outp
 q_d (Table 3)       bn          plain       bn-relu          plain          bn-relu   step
 g4 (Table 3)        bn-relu     bn-relu     –                –              plain     level
 g6 (Table 4)        bn-relu     bn-relu     bn-relu          plain          bn-relu   level
-g8 (Table 4)        bn-relu     bn-relu     bn-relu          bn             relu      level
+g8+ (Table 4)       bn-relu     bn-relu     bn-relu          bn             relu      level
 =================  ===========  ==========  ===============  =============  ========  =========
+
+Table columns → options: "bn σr" → residual (pair_residual for Table 4), "bn σp_{d−1}(A)" → update
+(pair_update), "bn σu_ℓ^(ν)" → output; a ticked σ adds ``relu``, a ticked bn ``bn`` (bn before σ, as in
+the reference code).  Table 1's rows are the same options without bn (eq. 22: residual=update=relu;
+eq. 23: output=relu; eq. 24: residual=relu; eq. 23+24: both).  The pair-step defaults of q_d (d ≥ 4)
+are not from a table (the paper reports no q_d with d > 2).
 
 q2's best row (94.89 %) was measured with the reference code, which applies BN+ReLU on u after
 every step (its ``outside`` variant), hence ``output_at: step``; the paper's eq. 23 reads "once per
-level", which ``output_at: level`` gives.  g polynomials take the g4 row for their ĝ steps (seed 000
+level", which ``output_at: level`` gives.  (The reference applies a bare σu — Table 3 rows without
+the bn — once per level, its ``relu-outside`` variants: ``output: relu, output_at: level``.)  g polynomials take the g4 row for their ĝ steps (seed 000
 §4: "for the ĝ-terms the placement follows the optimal configuration of g4").
 
 Between levels (reference layout): u' = Π u, f' = R(ReLU(f − A u)) + A'(u') with Π, R grouped
-stride-2 3×3 convs (one stencil per channel) and no BN.  Widths 64/128/256/256 by default.
+stride-2 3×3 convs, groups = c_in (each input channel feeds c_out/c_in outputs), and no BN.  Widths 64/128/256/256 by default.
 """
 
 from __future__ import annotations
@@ -119,12 +128,21 @@ class PolyOptions(ModelOptions):
 
 
 def resolve_placements(kinds: tuple[str, ...], opts: PolyOptions) -> dict[str, str]:
-    """The placements a model uses: the options given, the paper's best row for the rest."""
+    """The placements a model uses: the options given, the paper's best row for the rest.
+
+    g polynomials pick their Table 3/4 row by degree, not by pair count: the reference code's g8 is
+    ĝĝĝq̃ (``poly-gggc``, one pair), the paper's reading ĝĝq̃q̃ (``poly-g8``); both get the g8 row.
+    """
     if "g" in kinds:
-        pairs = kinds.count("c")
-        best = dict(residual="bn-relu", update="bn-relu", pair_residual="bn-relu",
-                    pair_update="plain" if pairs <= 1 else "bn",
-                    output="plain" if pairs == 0 else ("bn-relu" if pairs == 1 else "relu"), output_at="level")
+        degree = PolySpec(kinds).degree
+        if "c" not in kinds:
+            pair_update, output = "plain", "plain"  # g4 row (pair settings unused)
+        elif degree <= 6:
+            pair_update, output = "plain", "bn-relu"  # g6 row
+        else:
+            pair_update, output = "bn", "relu"  # g8 row
+        best = dict(residual="bn-relu", update="bn-relu", pair_residual="bn-relu", pair_update=pair_update,
+                    output=output, output_at="level")
     else:
         best = dict(residual="bn", update="plain", pair_residual="bn-relu", pair_update="plain",
                     output="bn-relu", output_at="step")
