@@ -33,9 +33,12 @@ class ZooEntry:
     paper: float | None = None
     paper_dataset: str = "cifar10"
     source: str = ""
+    note: str = ""  # why ours differs from the reference figure
     stem_width: int = 0  # output channels of the 3×3 stem conv (input-channel dependence)
     head_width: int = 0  # input features of the linear head (class dependence)
 
+
+_UNUSED_R_PI = "−1,152: the reference builds level 1's R and Π (2 × 64·1·3·3) and never uses them"
 
 ZOO: tuple[ZooEntry, ...] = (
     ZooEntry("mgnet[2,2,2,2]-[256]-Bl", reference=8_278_794, source="XuTeam/MgNet_Code",
@@ -43,15 +46,18 @@ ZOO: tuple[ZooEntry, ...] = (
     ZooEntry("mgnet[2,2,2,2]-[256]-Bli", reference=10_638_090, source="XuTeam/MgNet_Code --wise-B",
              stem_width=256, head_width=256),
     ZooEntry("mgnet[2,2,2,2]-[64,128,256,256]-Bl", {"pi": "pi2", "restriction": "channelwise"}, paper=2.7e6,
-             source="seed 000 §4 MgNet^{A,B}, as printed"),
-    ZooEntry("poly-q2", reference=1_386_706,
-             source="vanbetteray/Poly-MgNet (incl. 1,152 unused level-1 transfer weights)",
+             source="seed 000 §4 MgNet^{A,B}, as printed",
+             note="seed 000 gives no layer inventory for its MgNet baseline; not reconciled"),
+    ZooEntry("poly-q2", reference=1_386_706, source="vanbetteray/Poly-MgNet", note=_UNUSED_R_PI,
              stem_width=64, head_width=256),
-    ZooEntry("poly-g4", reference=1_386_706, source="vanbetteray/Poly-MgNet",
+    ZooEntry("poly-g4", reference=1_386_706, source="vanbetteray/Poly-MgNet", note=_UNUSED_R_PI,
              stem_width=64, head_width=256),
     ZooEntry("poly-g6", reference=1_389_526, source="vanbetteray/Poly-MgNet",
+             note=_UNUSED_R_PI + "; +4: one complex-pair step per level learns (c1, c2), the reference's one value",
              stem_width=64, head_width=256),
     ZooEntry("poly-g8", reference=1_392_346, source="vanbetteray/Poly-MgNet",
+             note=_UNUSED_R_PI + "; +8: two complex-pair steps per level (the paper's ĝĝ + 2 pairs; the reference "
+                  "code builds ĝĝĝ + 1 pair) with 2 coefficients each where the reference's pair has 1",
              stem_width=64, head_width=256),
     ZooEntry("resnet18", reference=11_173_962, source="CIFAR ResNet-18 (papers: 11.2M)",
              stem_width=64, head_width=512),
@@ -99,5 +105,6 @@ def param_table(dataset: str) -> list[dict[str, Any]]:
             "reference_kind": kind,
             "diff_pct": None if ref is None else 100.0 * (ours - ref) / ref,
             "source": entry.source,
+            "note": entry.note,
         })
     return rows

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from ..errors import UserError
@@ -44,10 +45,12 @@ def print_summary(summary: dict) -> None:
     from ..report import _ms
 
     res = summary["resolutions"]
-    table = Table(title=f"coarse-to-fine {' → '.join(map(str, res))}: test accuracy % (mean ± std over "
+    table = Table(box=box.SIMPLE_HEAD, caption="start: right after the transfer; epoch 1: after the first fine "
+                  "epoch; time s: wall seconds, coarse phases + transfer + fine; div.: diverged trials", title=f"coarse-to-fine {' → '.join(map(str, res))}: test accuracy % (mean ± std over "
                         f"{summary['trials']} trials)")
-    for col in ("strategy", "at transfer", "after 1st epoch", "final", "seconds", "diverged"):
-        table.add_column(col, justify="right")
+    table.add_column("strategy", no_wrap=True)
+    for col in ("start", "epoch 1", "final", "time s", "div."):
+        table.add_column(col, justify="right", no_wrap=True)
     for label, s in summary["strategies"].items():
         table.add_row(escape(label), _ms(s["acc_at_transfer"]), _ms(s["acc_after_first_epoch"]), _ms(s["acc_final"]),
                       _ms(s["seconds"], pct=False), f"{sum(s['diverged'])}/{len(s['diverged'])}")

@@ -43,6 +43,9 @@ def params_cmd(
         model = r["model"] + "".join(f"\n  {k}={v}" for k, v in r["options"].items())
         table.add_row(model, f"{r['ours']:,}", ref_s, diff, r["source"])
     console.print(table)
+    for r in rows:
+        if r["note"] and r["diff_pct"] is not None:
+            console.print(f"{r['model']}: {r['note']}", highlight=False)
 
 
 @app.command("spectrum")
