@@ -76,7 +76,7 @@ def test_cli_coarse_to_fine_with_overrides(mres_cli, small_npz, tmp_path):
                  "--set", "analysis.landscape.grid=3x3", "--set", "analysis.landscape.samples=16",
                  "--set", "analysis.features.channels=[0]")
     assert r.returncode == 0, r.stderr
-    assert "at transfer" in r.stdout and (tmp_path / "run" / "report.md").exists()
+    assert "start" in r.stdout and "epoch 1" in r.stdout and (tmp_path / "run" / "report.md").exists()
     md = (tmp_path / "run" / "report.md").read_text()
     assert "Loss landscapes" in md and "Propagated features" in md
     # coarse minimum + start and end of both strategies, one colour scale
