@@ -250,6 +250,22 @@ def write_cifar_folder(root: Path, name: str, x_train: np.ndarray, y_train: np.n
     return folder
 
 
+def write_sample_cifar(root: Path, n_train: int = 200, n_test: int = 50, seed: int = 0) -> Path:
+    """A small learnable CIFAR-10-format folder (class-dependent mean colour + noise), to try the CIFAR path offline."""
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(30, 226, (10, 3))
+
+    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.arange(n) % 10
+        rng.shuffle(y)
+        x = palette[y][:, :, None, None] + rng.normal(0, 20, (n, 3, 32, 32))
+        return np.clip(x, 0, 255).astype(np.uint8), y
+
+    x_train, y_train = make(n_train)
+    x_test, y_test = make(n_test)
+    return write_cifar_folder(root, "cifar10", x_train, y_train, x_test, y_test)
+
+
 def _load_npz(cfg: DatasetConfig):
     path = Path(cfg.path or "")
     if not path.is_file():

@@ -5,28 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
-from mres.data import read_cifar_folder, write_cifar_folder
+from mres.data import read_cifar_folder, write_sample_cifar
 from mres.recipe import CoarseToFineRecipe, load_recipe
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "poly_g4_cifar.yaml"
 
 
-def tiny_cifar(root: Path, n_train: int = 200, n_test: int = 50, seed: int = 0) -> Path:
-    """uint8 N×3×32×32 images whose mean colour depends on the class (learnable), in CIFAR's python format."""
-    rng = np.random.default_rng(seed)
-    palette = rng.integers(30, 226, (10, 3))
-
-    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
-        y = np.arange(n) % 10
-        rng.shuffle(y)
-        x = palette[y][:, :, None, None] + rng.normal(0, 20, (n, 3, 32, 32))
-        return np.clip(x, 0, 255).astype(np.uint8), y
-
-    x_train, y_train = make(n_train)
-    x_test, y_test = make(n_test)
-    return write_cifar_folder(root, "cifar10", x_train, y_train, x_test, y_test)
+def tiny_cifar(root: Path) -> Path:
+    return write_sample_cifar(root, 200, 50)
 
 
 def test_tiny_cifar_folder_reads_back(tmp_path):
@@ -59,3 +45,12 @@ def test_poly_g4_cifar_recipe_runs_coarse_to_fine(mres_cli, tmp_path):
     # the coefficient diagnostics name the policy
     diag = json.loads((run / "trial0" / "galerkin-rescale" / "fine-32" / "diagnostics.json").read_text())
     assert {d["kind"] for d in diag["layers"] if d["name"].endswith("coeff")} == {"coefficient-rescale"}
+
+
+def test_datasets_sample_cifar_command(mres_cli, tmp_path):
+    r = mres_cli("datasets", "--sample-cifar", str(tmp_path / "c"), "--train", "30", "--test", "20")
+    assert r.returncode == 0, r.stderr
+    xtr, _, xte, _ = read_cifar_folder(tmp_path / "c" / "cifar-10-batches-py", "cifar10")
+    assert len(xtr) == 30 and len(xte) == 20
+    bad = mres_cli("datasets", "--sample-cifar", str(tmp_path / "d"), "--train", "0")
+    assert bad.returncode == 2 and "--train" in bad.stderr

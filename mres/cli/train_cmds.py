@@ -104,9 +104,24 @@ def evaluate_cmd(
 
 
 @app.command("datasets")
-def datasets_cmd() -> None:
+def datasets_cmd(
+    sample_cifar: Optional[Path] = typer.Option(None, "--sample-cifar",
+                                                help="Write a small synthetic CIFAR-10-format folder under this root "
+                                                     "(use it as dataset.data_root) and exit."),
+    n_train: int = typer.Option(200, "--train", help="Training images of --sample-cifar."),
+    n_test: int = typer.Option(50, "--test", help="Test images of --sample-cifar."),
+) -> None:
     """What datasets are available here and how to get the rest."""
-    from ..data import dataset_status
+    from ..data import dataset_status, write_sample_cifar
+
+    if sample_cifar is not None:
+        for flag, n in (("--train", n_train), ("--test", n_test)):
+            if n < 10:
+                raise UserError(f"{flag} {n}: at least 10 images (one per class)")
+        folder = write_sample_cifar(sample_cifar, n_train, n_test)
+        console.print(f"wrote {n_train} + {n_test} synthetic CIFAR-10 images to {folder}; "
+                      f"use --set dataset.data_root={sample_cifar}")
+        return
 
     table = Table(title="datasets")
     for col in ("name", "available", "where", "how to get it"):
