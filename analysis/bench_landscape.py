@@ -134,21 +134,26 @@ def main() -> None:
         ]
         overhead = overhead_per_point(cpu, 28, repeats)
         report(rows, cpu, overhead)
-        big = rows[:3]
+        big, small = rows[:3], rows[3]
         print(f"""
 Why the ratio is what it is on this CPU: both paths do the same floating-point work.  A grid
 point of the thesis CNN is n images through conv2 (32->64 channels, 3x3) at full resolution,
 ~{cnn_flops_per_sample(28, False) / 1e6:.0f} MFLOP per 28x28 image, and both run it at the CPU's sustained rate
 (GFLOP/s column: loop {min(r['gflops_loop'] for r in big):.0f}-{max(r['gflops_loop'] for r in big):.0f}, vmap \
 {min(r['gflops_vmap'] for r in big):.0f}-{max(r['gflops_vmap'] for r in big):.0f}).  vmap cannot remove FLOPs: it
-turns K models into one grouped convolution with K times the channels, which oneDNN runs at the
-same or a lower rate than K dense ones.  Batching removes only the per-point overhead (weight
-update + dispatch, {overhead * 1e3:.1f} ms measured above), and with 1000 images that is a small part of a
-point (Amdahl bound above), so >= 5x is out of reach on a CPU for this model -- the bottleneck
-is conv2's arithmetic.  vmap wins where the per-point work is small (a few dozen images at
-14x14: {rows[3]['ratio']:.1f}x here), and on a GPU, where one small-CNN forward leaves the device idle.
-On a shared, oversubscribed CPU (load average {os.getloadavg()[0]:.1f} now) every small op of the loop also
-pays an OpenMP synchronisation, which inflates the loop's overhead and favours vmap.""")
+turns K models into one grouped convolution with K times the channels, so it can gain only by
+running the same FLOPs at a better rate (here {min(r['ratio'] for r in big):.2f}-{max(r['ratio'] for r in big):.2f}x with 1000 images) or by removing the
+per-point overhead (weight update + dispatch, {overhead * 1e3:.1f} ms measured above), which with 1000
+images is a small part of a point (Amdahl bound above).  So >= 5x is out of reach on a CPU for
+this model -- the bottleneck is conv2's arithmetic.
+Where the per-point work is small (64 images at 14x14) the overhead is {100 * min(1.0, overhead * small['loop']):.0f}% of a loop point, so batching could win at most \
+{1 / max(1e-9, 1 - min(0.99, overhead * small['loop'])):.2f}x; vmap measured {small['ratio']:.2f}x there,
+because its grouped convolution ran at {small['gflops_vmap']:.0f} GFLOP/s against the loop's dense ones at \
+{small['gflops_loop']:.0f}.
+A GPU is where batching should pay: one small-CNN forward there leaves most of the device idle.""")
+        if os.getloadavg()[0] > os.cpu_count():
+            print("The CPU is oversubscribed now: every small op of the loop also pays an OpenMP "
+                  "synchronisation,\nwhich inflates the loop's overhead and favours vmap.")
 
     if args.device in ("all", "cuda") and torch.cuda.is_available():
         gpu = torch.device("cuda")
