@@ -146,7 +146,7 @@ running the same FLOPs at a better rate (here {min(r['ratio'] for r in big):.2f}
 per-point overhead (weight update + dispatch, {overhead * 1e3:.1f} ms measured above), which with 1000
 images is a small part of a point (Amdahl bound above).  So >= 5x is out of reach on a CPU for
 this model -- the bottleneck is conv2's arithmetic.
-Where the per-point work is small (64 images at 14x14) the overhead is {100 * min(1.0, overhead * small['loop']):.0f}% of a loop point, so batching could win at most \
+Where the per-point work is small (64 images at 14x14) the overhead is {100 * min(1.0, overhead * small['loop']):.0f}% of a loop point,\nso batching could win at most \
 {1 / max(1e-9, 1 - min(0.99, overhead * small['loop'])):.2f}x; vmap measured {small['ratio']:.2f}x there,
 because its grouped convolution ran at {small['gflops_vmap']:.0f} GFLOP/s against the loop's dense ones at \
 {small['gflops_loop']:.0f}.
