@@ -160,7 +160,7 @@ class LandscapeRequest:
     directions: Path | None = None
     labels: list[str] | None = None
     vmax: float | None = None
-    log: bool = False
+    log: bool | None = None  # None: log10 colour scale when the losses span > 100×
     progress: bool = True
 
 

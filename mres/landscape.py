@@ -531,13 +531,26 @@ def _value_range(values: np.ndarray, vmax: float | None, log: bool) -> tuple[np.
     return z, lo, hi
 
 
+def wants_log_scale(loss: np.ndarray, span: float = 100.0) -> bool:
+    """Auto colour scale: log10 when the finite positive losses span more than ``span``×.
+
+    Far from a minimum the loss of a filter-normalised slice grows by orders of magnitude; on a
+    linear scale the basin around the centre is then one flat colour.
+    """
+    finite = loss[np.isfinite(loss) & (loss > 0)]
+    return bool(finite.size) and float(finite.max()) > span * float(finite.min())
+
+
 def plot_landscape(result: LandscapeResult, out_dir: str | Path, *, vmax: float | None = None,
-                   log: bool = False, levels: int = 30) -> list[Path]:
+                   log: bool | None = None, levels: int = 30) -> list[Path]:
     """Figures with one panel per row and one colour scale for all panels; PNG and PDF.
 
     2-D: contour lines, filled contours (loss, and accuracy), a 3-D surface, and 1-D cuts
-    through the centre.  1-D: the loss and accuracy curves.
+    through the centre.  1-D: the loss and accuracy curves.  ``log=None``: log10 colour scale
+    when the losses span more than 100× (:func:`wants_log_scale`).
     """
+    if log is None:
+        log = wants_log_scale(result.loss)
     import matplotlib
 
     matplotlib.use("Agg")

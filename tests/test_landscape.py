@@ -308,3 +308,11 @@ def test_cli_landscape_end_to_end_and_errors(tmp_path, monkeypatch, capsys):
                          (("a.pt", "b.pt", "--between", "a.pt", "b.pt"), "not both")):
         code, out, err = run_cli(monkeypatch, capsys, tmp_path, "landscape", *args, "--out", "bad")
         assert code == 2 and needle in err, err
+
+
+def test_auto_log_scale_when_losses_span_orders_of_magnitude():
+    from mres.landscape import wants_log_scale
+
+    assert wants_log_scale(np.array([[0.3, 2.0], [40.0, 250.0]]))
+    assert not wants_log_scale(np.array([[0.3, 2.0], [4.0, 25.0]]))
+    assert not wants_log_scale(np.array([0.5, np.inf, np.nan, 20.0]))  # non-finite points do not count

@@ -55,7 +55,9 @@ def landscape_cmd(
     directions: Optional[Path] = typer.Option(None, "--directions", help="Reuse the directions of an earlier run."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated panel titles."),
     vmax: Optional[float] = typer.Option(None, "--vmax", help="Upper end of the colour scale (default: max loss)."),
-    log: bool = typer.Option(False, "--log", help="Colour scale on log10(loss)."),
+    log: Optional[bool] = typer.Option(None, "--log/--linear",
+                                       help="Colour scale on log10(loss) or linear "
+                                            "(default: log when the losses span more than 100×)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Loss landscape: 2-D / 1-D slices along filter-normalised random directions, or A→B interpolation."""
