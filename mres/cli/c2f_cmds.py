@@ -11,16 +11,16 @@ from rich.table import Table
 
 from ..errors import UserError
 from . import app, console
-from .train_cmds import SetOpt, recipe_and_run_dir
+from .train_cmds import OutOpt, QuietOpt, RecipeOpt, ResumeOpt, SetOpt, recipe_and_run_dir
 
 
 @app.command("coarse-to-fine")
 def coarse_to_fine_cmd(
-    recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="YAML recipe (a path or a bundled name)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<recipe>-<time>)."),
+    recipe: Optional[Path] = RecipeOpt,
+    out: Optional[Path] = OutOpt,
     set_: Optional[List[str]] = SetOpt,
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    resume: Optional[Path] = ResumeOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Train coarse, transfer with every strategy, train fine; write the comparison report."""
     from ..c2f import run_coarse_to_fine

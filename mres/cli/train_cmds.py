@@ -14,7 +14,12 @@ from . import app, console
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
+# options shared by the run commands (train, coarse-to-fine)
 SetOpt = typer.Option(None, "--set", help="Override a recipe key: key.path=value (repeatable).")
+RecipeOpt = typer.Option(None, "--recipe", "-r", help="YAML recipe (a path or a bundled name).")
+OutOpt = typer.Option(None, "--out", "-o", help="Run directory (default runs/<recipe>-<time>).")
+ResumeOpt = typer.Option(None, "--resume", help="Continue the run in this directory.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress output.")
 
 
 def default_run_dir(recipe_path: Optional[Path], kind: str) -> Path:
@@ -47,11 +52,11 @@ def recipe_and_run_dir(recipe: Optional[Path], out: Optional[Path], overrides: O
 
 @app.command("train")
 def train_cmd(
-    recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="YAML recipe (a path or a bundled name)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<recipe>-<time>)."),
+    recipe: Optional[Path] = RecipeOpt,
+    out: Optional[Path] = OutOpt,
     set_: Optional[List[str]] = SetOpt,
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    resume: Optional[Path] = ResumeOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Train one model at one resolution."""
     from ..recipe import TrainRecipe
