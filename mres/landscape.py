@@ -567,6 +567,21 @@ def _axis_names(result: LandscapeResult) -> tuple[str, str]:
     return "α (direction 1)", "β (direction 2)"
 
 
+def panel_levels(z: np.ndarray, shared: np.ndarray, at_least: int = 4) -> tuple[np.ndarray, bool]:
+    """Contour levels for one panel: the shared ones, or finer ones where fewer than ``at_least`` cross it.
+
+    A flat surface (e.g. a fresh initialisation, loss ≈ ln 10 everywhere) can fall between two
+    shared levels and draw no line at all; its own levels keep the shared colour scale (same norm).
+    """
+    finite = z[np.isfinite(z)]
+    if finite.size == 0:
+        return shared, False
+    lo, hi = float(finite.min()), float(finite.max())
+    if np.count_nonzero((shared > lo) & (shared < hi)) >= at_least or hi <= lo:
+        return shared, False
+    return np.linspace(lo, hi, 10)[1:-1], True
+
+
 def _plot_2d(result: LandscapeResult, out_dir: Path, vmax: float | None, log: bool, levels: int) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib import cm, colors
@@ -602,11 +617,14 @@ def _plot_2d(result: LandscapeResult, out_dir: Path, vmax: float | None, log: bo
             ax = axes.flat[k]
             z = np.clip(z_all[k], None, hi)
             if kind == "contour":
-                cs = ax.contour(X, Y, z.T, levels=lv, cmap="viridis", norm=norm, linewidths=0.9)
-                ax.clabel(cs, cs.levels[::4], inline=True, fontsize=6, fmt="%.3g")
+                panel_lv, finer = panel_levels(z, lv)
+                cs = ax.contour(X, Y, z.T, levels=panel_lv, cmap="viridis", norm=norm, linewidths=0.9)
+                ax.clabel(cs, cs.levels[::1 if finer else 4], inline=True, fontsize=6, fmt="%.3g")
             else:
                 ax.contourf(X, Y, z.T, levels=lv, cmap="viridis", norm=norm, extend="max")
             decorate(ax, k)
+            if kind == "contour" and finer:
+                ax.set_title(f"{result.labels[k]}  (finer levels)")
         fig.colorbar(cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes.ravel().tolist()[:n], label=zlabel)
         fig.suptitle(f"{zlabel} — {kind} {'lines' if kind == 'contour' else 'contours'}")
         paths += _save(fig, out_dir, f"landscape_{kind}")

@@ -316,3 +316,15 @@ def test_auto_log_scale_when_losses_span_orders_of_magnitude():
     assert wants_log_scale(np.array([[0.3, 2.0], [40.0, 250.0]]))
     assert not wants_log_scale(np.array([[0.3, 2.0], [4.0, 25.0]]))
     assert not wants_log_scale(np.array([0.5, np.inf, np.nan, 20.0]))  # non-finite points do not count
+
+
+def test_flat_panel_gets_its_own_contour_levels():
+    from mres.landscape import panel_levels
+
+    shared = np.linspace(-0.6, 2.9, 30)
+    flat = np.linspace(0.364, 0.401, 25).reshape(5, 5)  # between two shared levels: no line would be drawn
+    lv, finer = panel_levels(flat, shared)
+    assert finer and len(lv) == 8 and lv.min() > 0.364 and lv.max() < 0.401
+    steep = np.linspace(-0.5, 2.5, 25).reshape(5, 5)
+    lv, finer = panel_levels(steep, shared)
+    assert not finer and lv is shared
