@@ -110,6 +110,6 @@ def test_cli_transfer_roundtrip_restores_stencils(mres_cli, tmp_path):
     bad = mres_cli("transfer", str(ck), "--to", "sideways", "--out", str(tmp_path / "x.pt"))
     assert bad.returncode == 2 and "fine, coarse" in bad.stderr
     for flag, value, allowed in (("--strategy", "magic", "galerkin-reg"), ("--family", "bicubic", "average-bilinear"),
-                                 ("--lam", "-1", ">= 0")):
+                                 ("--lam", "-1", ">= 0"), ("--coefficient-policy", "bogus", "respectral")):
         bad = mres_cli("transfer", str(ck), "--to", "fine", flag, value, "--out", str(tmp_path / "x.pt"))
-        assert bad.returncode == 2 and allowed in bad.stderr and "Traceback" not in bad.stderr, flag
+        assert bad.returncode == 2 and allowed in bad.stderr and flag in bad.stderr and "Traceback" not in bad.stderr, flag

@@ -84,7 +84,7 @@ def transfer_cmd(
     from ..checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
     from ..grids import FAMILIES
     from ..models import build_model
-    from ..transfer import STRATEGIES, function_preservation, transfer_weights
+    from ..transfer import COEFFICIENT_POLICIES, STRATEGIES, function_preservation, transfer_weights
 
     if to not in ("fine", "coarse"):
         raise UserError(f"--to {to!r}: allowed fine, coarse")
@@ -95,6 +95,8 @@ def transfer_cmd(
         raise UserError(f"--family {family!r}: allowed {', '.join(FAMILIES)}")
     if lam < 0:
         raise UserError(f"--lam {lam}: must be >= 0")
+    if policy not in COEFFICIENT_POLICIES:
+        raise UserError(f"--coefficient-policy {policy!r}: allowed {', '.join(COEFFICIENT_POLICIES)}")
     c = load_checkpoint(ckpt)
     src = model_from_checkpoint(c)
     res = c["resolution"]
