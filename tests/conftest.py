@@ -22,6 +22,15 @@ def run_mres(*args: str, cwd: Path | None = None, env: dict | None = None, timeo
 
 
 @pytest.fixture
+def float64():
+    """Default dtype float64 for one test, restored afterwards (other modules run in float32)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.fixture
 def mres_cli():
     return run_mres
 

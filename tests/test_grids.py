@@ -22,13 +22,7 @@ from mres.grids import (
 
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    # dense checks at 1e-10 need double precision; restore the default for other test modules
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # dense comparisons at 1e-10 need double precision
 
 
 # The DESIGN §3.1 table written out independently of mres.grids: 1-D weights by offset.

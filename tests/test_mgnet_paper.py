@@ -20,13 +20,7 @@ import torch.nn.functional as F
 from mres.models import build_model
 from mres.zoo import count_weights
 
-@pytest.fixture(autouse=True)
-def _float64():
-    """float64 keeps the comparisons tight."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # dense comparisons at 1e-10 need double precision
 
 
 def build(name, opts=None, res=16, in_ch=3, classes=5):
