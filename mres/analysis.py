@@ -31,7 +31,7 @@ from .errors import UserError
 
 console = Console()
 
-GRID_FORM = "NxM (e.g. 41x31) or N for a square grid, each at least 2"
+GRID_FORM = "NxM (e.g. 41x31) or N for N×N, each at least 2"
 RANGE_FORM = "LO:HI with LO < HI (e.g. -1:1 or -0.5:1.5)"
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 
@@ -40,15 +40,16 @@ _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 
 def parse_grid(text: str, dim: int, name: str = "--grid") -> tuple[int, ...]:
     """'41x31' → (41, 31); '41' → (41, 41) for 2-D or (41,) for 1-D."""
-    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX×]\s*(\d+)\s*)?", text or "")
+    form = GRID_FORM if dim == 2 else "N (points along the line), at least 2"
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX×]\s*(\d+)\s*)?", str(text or ""))
     if not m:
-        raise UserError(f"{name} {text!r}: expected {GRID_FORM}")
+        raise UserError(f"{name} {text!r}: expected {form}")
     nx, ny = int(m.group(1)), int(m.group(2)) if m.group(2) else None
     if dim == 1 and ny is not None:
         raise UserError(f"{name} {text!r}: a 1-D slice takes one number N (points along the line), at least 2")
     sizes = (nx,) if dim == 1 else (nx, ny if ny is not None else nx)
     if min(sizes) < 2:
-        raise UserError(f"{name} {text!r}: expected {GRID_FORM}")
+        raise UserError(f"{name} {text!r}: expected {form}")
     return sizes
 
 
@@ -65,7 +66,7 @@ def select_device(name: str, flag: str = "--device") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"{flag} cuda: no CUDA device is available here; use cpu")
+        raise UserError(f"{flag} {name}: no CUDA device is available here; use {flag} cpu")
     return torch.device(name)
 
 
@@ -163,6 +164,19 @@ class LandscapeRequest:
     log: bool | None = None  # None: log10 colour scale when the losses span > 100×
     progress: bool = True
 
+    def __post_init__(self) -> None:  # for callers other than the CLI, which checks its flags itself
+        dims = {"1d": 1, "2d": 2, "between": 1}
+        if self.mode not in dims:
+            raise UserError(f"landscape mode {self.mode!r}: expected one of {', '.join(dims)}")
+        if len(self.sizes) != dims[self.mode] or min(self.sizes) < 2:
+            raise UserError(f"landscape grid {self.sizes}: a {self.mode} landscape takes {dims[self.mode]} size(s) ≥ 2")
+        if self.mode == "2d" and self.yrange is None:
+            self.yrange = self.xrange
+        if not self.paths:
+            raise UserError("no checkpoints to draw a landscape of")
+        if self.mode == "between" and len(self.paths) != 2:
+            raise UserError(f"an interpolation takes two checkpoints, not {len(self.paths)}")
+
 
 def run_landscape(req: LandscapeRequest) -> tuple[ls.LandscapeResult, list[Path]]:
     """Evaluate (or resume, or re-plot) a landscape into ``req.out``; print its summary table."""
@@ -196,6 +210,9 @@ def run_landscape(req: LandscapeRequest) -> tuple[ls.LandscapeResult, list[Path]
         dim = 2 if req.mode == "2d" else 1
         dir_set = (ls.DirectionSet.load(req.directions) if req.directions
                    else ls.DirectionSet.generate([m for _, m in models], dim, req.seed))
+        if len(dir_set.raw) != dim:
+            raise UserError(f"--directions {req.directions}: holds {len(dir_set.raw)} direction(s), "
+                            f"a {dim}-D slice needs {dim}")
         jobs = ls.random_slice_jobs(models, data, dir_set)
         dir_set.save(req.out / "directions.pt", [(j.label, j.directions) for j in jobs])
         dir_digest = dir_set.digest()
@@ -233,6 +250,8 @@ def run_landscape(req: LandscapeRequest) -> tuple[ls.LandscapeResult, list[Path]
         result.settings["seconds"] = round(time.perf_counter() - t0, 2)
         result.save(final)
         partial.unlink(missing_ok=True)
+    for old in [*req.out.glob("landscape_*.png"), *req.out.glob("landscape_*.pdf")]:
+        old.unlink()  # a 1-D rerun in a 2-D run's folder must not leave 2-D figures behind
     figures = ls.plot_landscape(result, req.out, vmax=req.vmax, log=req.log)
     if req.mode == "between":  # the plain losses of both end points, the curve's range once
         rows = [(names[0], models[0][1], *data[0], 0), (names[1], models[1][1], *data[0], 0)]
@@ -273,12 +292,18 @@ def _print_summary(result: ls.LandscapeResult, rows: list[tuple[str, nn.Module, 
 
 def run_features(paths: Sequence[Path], out: Path, samples: Sequence[int], channels: Sequence[int], *,
                  split: str = "test", data_seed: int = 0, labels: Sequence[str] | None = None,
-                 device: torch.device | None = None) -> list[Path]:
-    """Feature maps of chosen inputs after every stage, one figure row per checkpoint."""
+                 device: torch.device | None = None, samples_key: str = "--samples") -> list[Path]:
+    """Feature maps of chosen inputs after every stage, one figure row per checkpoint.
+
+    ``samples_key`` names the flag or recipe key of ``samples`` in error messages.
+    """
     from .features import propagate_features, save_figure
 
-    if not samples or not channels:
-        raise UserError("features: give at least one sample index and one channel")
+    if not paths:
+        raise UserError("no checkpoints to draw features of")
+    if not samples or not channels or min(samples) < 0 or min(channels) < 0:
+        raise UserError(f"{samples_key} {list(samples)} / channels {list(channels)}: "
+                        "expected at least one non-negative index each")
     device = device or torch.device("cpu")
     names = list(labels) if labels is not None else checkpoint_labels(paths)
     if len(names) != len(paths):
@@ -287,7 +312,7 @@ def run_features(paths: Sequence[Path], out: Path, samples: Sequence[int], chann
     data = eval_subsets(loaded, split, max(samples) + 1, device, data_seed)
     n_have = min(len(y) for _, y in data)
     if max(samples) >= n_have:
-        raise UserError(f"samples: index {max(samples)} is beyond the {split} split ({n_have} images)")
+        raise UserError(f"{samples_key}: index {max(samples)} is beyond the {split} split ({n_have} images)")
     idx = list(samples)
     y0 = data[0][1]
     fig = propagate_features([(m.label, m.model) for m in loaded], [x[idx] for x, _ in data], list(channels),
@@ -298,23 +323,30 @@ def run_features(paths: Sequence[Path], out: Path, samples: Sequence[int], chann
 # ------------------------------------------------------------------------------ coarse-to-fine runs
 
 def coarse_to_fine_checkpoints(rec: Any, run_dir: Path) -> list[tuple[str, Path]]:
-    """(label, checkpoint): the coarse minimum, then each strategy's start and end on the finest grid."""
+    """(label, checkpoint): the coarse minimum, then each variant's start and end on the finest grid.
+
+    The variants are those of this run's summary (not whatever folders an earlier run left).
+    """
+    import json
+
+    from .c2f import Variant
+
     t = run_dir / f"trial{rec.analysis.trial}"
     res = rec.resolutions
     out = [(f"coarse {res[0]} min", t / f"coarse-{res[0]}" / "checkpoints" / "last.pt")]
-    variants = sorted(p for p in t.iterdir() if p.is_dir() and not p.name.startswith("coarse"))
-    for s in rec.strategies:
-        for d in variants:
-            slug = d.name
-            if slug == s or slug.startswith(s + "-") and not (s == "galerkin" and slug.startswith("galerkin-reg")):
-                ck = d / f"fine-{res[-1]}" / "checkpoints"
-                out += [(f"{slug} start", ck / "start.pt"), (f"{slug} end", ck / "last.pt")]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for v in summary["strategies"].values():
+        slug = Variant(v["strategy"], v["lam"], v["policy"]).slug
+        ck = t / slug / f"fine-{res[-1]}" / "checkpoints"
+        out += [(f"{slug} start", ck / "start.pt"), (f"{slug} end", ck / "last.pt")]
     return [(label, p) for label, p in out if p.exists()]
 
 
 def analyse_coarse_to_fine(rec: Any, run_dir: Path, progress: bool = True) -> None:
     """Landscape panels and feature pictures of a finished run (recipe `analysis:`)."""
     pairs = coarse_to_fine_checkpoints(rec, run_dir)
+    if not pairs:
+        raise UserError(f"analysis: no checkpoints under {run_dir / f'trial{rec.analysis.trial}'}")
     labels = [label for label, _ in pairs]
     paths = [p for _, p in pairs]
     device = select_device(rec.device, "device")
@@ -331,4 +363,4 @@ def analyse_coarse_to_fine(rec: Any, run_dir: Path, progress: bool = True) -> No
     fs = rec.analysis.features
     if fs is not None:
         run_features(paths, run_dir / "features", fs.samples, fs.channels, split=fs.split, labels=labels,
-                     device=device)
+                     device=device, samples_key="analysis.features.samples")

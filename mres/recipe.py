@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -131,19 +131,40 @@ class TrainRecipe(RecipeBase):
 class LandscapeSpec(Strict):
     """Loss-landscape panels of a coarse-to-fine run (coarse minimum, each strategy's start and end)."""
 
-    grid: str = Field("9x9", pattern=r"^\d+(x\d+)?$", description="NxM points (2-D) or N (1-D)")
+    grid: str = Field("9x9", pattern=r"^\d+(x\d+)?$", description="NxM points (2-D slice) or N (1-D slice)")
     range: str = Field("-1:1", pattern=r"^-?[\d.]+:-?[\d.]+$")
     samples: int = Field(256, ge=1)
     split: Literal["train", "test"] = "train"
     seed: int = 0
-    log: bool = True
+    log: bool | None = Field(None, description="log10 colour scale; null: log when the losses span > 100×")
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _grid_number(cls, v: Any) -> Any:
+        # `--set analysis.landscape.grid=9` arrives as an int
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _grid_and_range(self) -> "LandscapeSpec":
+        problems = []
+        if min(int(n) for n in self.grid.split("x")) < 2:
+            problems.append(f"grid {self.grid!r}: every size must be at least 2 (NxM for 2-D, N for 1-D)")
+        try:
+            lo, hi = (float(t) for t in self.range.split(":"))
+        except ValueError:  # e.g. "1.2.3:4" gets past the pattern
+            lo, hi = 0.0, 0.0
+        if lo >= hi:
+            problems.append(f"range {self.range!r}: expected LO:HI with LO < HI")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class FeaturesSpec(Strict):
     """Propagated-feature pictures of a coarse-to-fine run (thesis Figs. 4.4/4.6)."""
 
-    samples: list[int] = [0, 1]
-    channels: list[int] = [0]
+    samples: list[Annotated[int, Field(ge=0)]] = Field([0, 1], min_length=1, description="indices in the split")
+    channels: list[Annotated[int, Field(ge=0)]] = Field([0], min_length=1)
     split: Literal["train", "test"] = "test"
 
 
@@ -308,6 +329,10 @@ def _semantic_problems(recipe: RecipeT) -> list[tuple[str, str]]:
                 key = "resolution" if isinstance(recipe, TrainRecipe) else "resolutions"
                 problems.append((key, f"{r} is not reachable from the {recipe.dataset.name} images "
                                       f"({native}×{native}) by halving; allowed: {_halvings(native)}"))
+    if isinstance(recipe, CoarseToFineRecipe):
+        a = recipe.analysis
+        if (a.landscape or a.features) and a.trial >= recipe.trials:
+            problems.append(("analysis.trial", f"{a.trial}, but the run has trials 0..{recipe.trials - 1}"))
     return problems
 
 
@@ -323,6 +348,8 @@ def _explain(kind: type[BaseModel], err: dict[str, Any]) -> str:
         allowed = _allowed_keys(kind, list(err["loc"][:-1]))
         return f"unknown key (allowed: {', '.join(allowed)})" if allowed else "unknown key"
     msg = err["msg"]
+    if err["type"] == "value_error":  # our own validators: the message names the value already
+        return msg.removeprefix("Value error, ")
     if err["type"] == "literal_error":
         return msg.replace("Input should be", "must be one of")
     if "input" in err and err["type"] not in ("missing",):

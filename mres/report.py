@@ -104,8 +104,9 @@ def _analysis_sections(run_dir: Path) -> list[Section]:
     ls = [f for f in ("landscape_filled.png", "landscape_surface.png", "landscape_1d.png")
           if (run_dir / "landscape" / f).exists()]
     if ls:
+        dims = "2-D" if (run_dir / "landscape" / "landscape_filled.png").exists() else "1-D"
         out += [("h2", "Loss landscapes (thesis Figs. 4.3, 4.5)"),
-                ("p", "Filter-normalised random 2-D slices around the coarse minimum and each strategy's start "
+                ("p", f"Filter-normalised random {dims} slices around the coarse minimum and each strategy's start "
                       "(right after the transfer) and end on the finest grid; shared directions, one colour "
                       "scale. Data: `landscape/landscape.npz`.")]
         out += [("img", f"landscape/{f}", f.removesuffix(".png").replace("_", " ")) for f in ls]

@@ -61,9 +61,12 @@ ZOO: tuple[ZooEntry, ...] = (
              stem_width=64, head_width=256),
     ZooEntry("resnet18", reference=11_173_962, source="CIFAR ResNet-18 (papers: 11.2M)",
              stem_width=64, head_width=512),
-    ZooEntry("resnet18-Al-Bli", paper=8.1e6, source="seed 002 Table 3"),
-    ZooEntry("preact-resnet18-Al-Bli", paper=8.1e6, source="seed 002 Table 3"),
-    ZooEntry("resnet34", paper=21.3e6, source="seed 001 Table 2"),
+    ZooEntry("resnet18-Al-Bli", paper=8.1e6, source="seed 002 Table 3",
+             note="seed 002 prints 8.0M and 8.1M for this model in different places; one A^ℓ per stage shared "
+                  "by every block, as its counts require"),
+    ZooEntry("preact-resnet18-Al-Bli", paper=8.1e6, source="seed 002 Table 3",
+             note="seed 002 gives one rounded figure for both block orders (see resnet18-Al-Bli)"),
+    ZooEntry("resnet34", paper=21.3e6, source="seed 001 Table 2", note="within the printed rounding"),
 )
 
 

@@ -54,3 +54,7 @@ def test_datasets_sample_cifar_command(mres_cli, tmp_path):
     assert len(xtr) == 30 and len(xte) == 20
     bad = mres_cli("datasets", "--sample-cifar", str(tmp_path / "d"), "--train", "0")
     assert bad.returncode == 2 and "--train" in bad.stderr
+    again = mres_cli("datasets", "--sample-cifar", str(tmp_path / "c"))  # never overwrites a CIFAR folder
+    assert again.returncode == 2 and "not empty" in again.stderr
+    lone = mres_cli("datasets", "--train", "30")
+    assert lone.returncode == 2 and "--sample-cifar" in lone.stderr

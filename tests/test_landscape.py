@@ -328,3 +328,19 @@ def test_flat_panel_gets_its_own_contour_levels():
     steep = np.linspace(-0.5, 2.5, 25).reshape(5, 5)
     lv, finer = panel_levels(steep, shared)
     assert not finer and lv is shared
+
+
+def test_analysis_inputs_give_user_errors(tmp_path):
+    from mres.analysis import LandscapeRequest, run_features
+    from mres.errors import UserError
+
+    with pytest.raises(UserError, match="mode"):
+        LandscapeRequest(paths=[tmp_path / "a.pt"], out=tmp_path, mode="2D", sizes=(3, 3), xrange=(-1, 1))
+    with pytest.raises(UserError, match="size"):
+        LandscapeRequest(paths=[tmp_path / "a.pt"], out=tmp_path, mode="1d", sizes=(3, 3), xrange=(-1, 1))
+    with pytest.raises(UserError, match="no checkpoints"):
+        LandscapeRequest(paths=[], out=tmp_path, mode="2d", sizes=(3, 3), xrange=(-1, 1))
+    req = LandscapeRequest(paths=[tmp_path / "a.pt"], out=tmp_path, mode="2d", sizes=(3, 5), xrange=(-1, 1))
+    assert req.yrange == (-1, 1)  # a 2-D request without yrange uses xrange
+    with pytest.raises(UserError, match="analysis.features.samples"):
+        run_features([tmp_path / "a.pt"], tmp_path, [-1], [0], samples_key="analysis.features.samples")

@@ -1,7 +1,11 @@
+from pathlib import Path
+
 import pytest
 
 from mres.errors import UserError
 from mres.recipe import CoarseToFineRecipe, TrainRecipe, apply_overrides, load_recipe, parse_yaml, validate_recipe
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def test_defaults_validate():
@@ -77,3 +81,16 @@ def test_c2f_resolutions_must_double():
 def test_npz_needs_a_path():
     with pytest.raises(UserError, match="dataset.path"):
         validate_recipe({"dataset": {"name": "npz"}}, TrainRecipe)
+
+
+def test_analysis_block_is_checked_before_any_training():
+    bad = ["analysis.landscape.grid=1x5", "analysis.landscape.range=1:-1", "analysis.features.samples=[-1]"]
+    with pytest.raises(UserError) as exc:
+        load_recipe(RECIPES / "c2f_cnn_fashion.yaml", bad, CoarseToFineRecipe)
+    msg = str(exc.value)
+    for key in ("grid '1x5'", "range '1:-1'", "analysis.features.samples"):
+        assert key in msg, (key, msg)
+    with pytest.raises(UserError, match="analysis.trial: 3, but the run has trials 0..0"):
+        load_recipe(RECIPES / "c2f_cnn_fashion.yaml", ["analysis.trial=3"], CoarseToFineRecipe)
+    ok = load_recipe(RECIPES / "c2f_cnn_fashion.yaml", ["analysis.landscape.grid=9"], CoarseToFineRecipe)
+    assert ok.analysis.landscape.grid == "9"  # an unquoted number from --set is a 1-D grid

@@ -37,7 +37,7 @@ def _split_labels(labels: Optional[str], n: int) -> Optional[list[str]]:
 def landscape_cmd(
     ckpts: Optional[List[Path]] = typer.Argument(None, help="Checkpoints (or run directories) of one architecture."),
     out: Path = typer.Option(Path("landscape"), "--out", "-o", help="Output directory (a rerun there resumes)."),
-    grid: str = typer.Option("31x31", "--grid", help="Grid points: NxM (2-D) or N (1-D)."),
+    grid: str = typer.Option("31x31", "--grid", help="Grid points: NxM, or N for N×N (N points with --dim 1)."),
     range_: Optional[str] = typer.Option(None, "--range",
                                          help="LO:HI along direction 1 (default -1:1; -0.5:1.5 with --between)."),
     yrange: Optional[str] = typer.Option(None, "--yrange", help="LO:HI along direction 2 (default: --range)."),
@@ -92,7 +92,10 @@ def landscape_cmd(
     xr = an.parse_range(range_ if range_ is not None else ("-0.5:1.5" if mode == "between" else "-1:1"))
     yr = an.parse_range(yrange, "--yrange") if yrange is not None else xr
     if dim == 1 and yrange is not None:
-        raise UserError("--yrange needs a 2-D slice (--dim 2)")
+        raise UserError("--yrange applies to 2-D slices only" + (" (--between is 1-D)" if mode == "between" else
+                                                                  " (--dim 2)"))
+    if split not in ("train", "test"):
+        raise UserError(f"--split {split!r}: expected train or test")
     dev = an.select_device(device)
 
     paths = list(between) if mode == "between" else list(ckpts or [])
@@ -121,6 +124,8 @@ def features_cmd(
     """Propagated features (thesis Figs. 4.4/4.6): feature maps after every stage, one row per checkpoint."""
     from .. import analysis as an
 
+    if split not in ("train", "test"):
+        raise UserError(f"--split {split!r}: expected train or test")
     paths = an.run_features(list(ckpts), out, parse_int_list(samples, "--samples"),
                             parse_int_list(channels, "--channels"), split=split, data_seed=data_seed,
                             labels=_split_labels(labels, len(ckpts)), device=an.select_device(device))

@@ -113,17 +113,29 @@ def datasets_cmd(
     sample_cifar: Optional[Path] = typer.Option(None, "--sample-cifar",
                                                 help="Write a small synthetic CIFAR-10-format folder under this root "
                                                      "(use it as dataset.data_root) and exit."),
-    n_train: int = typer.Option(200, "--train", help="Training images of --sample-cifar."),
-    n_test: int = typer.Option(50, "--test", help="Test images of --sample-cifar."),
+    n_train: Optional[int] = typer.Option(None, "--train", help="Training images of --sample-cifar (default 200)."),
+    n_test: Optional[int] = typer.Option(None, "--test", help="Test images of --sample-cifar (default 50)."),
 ) -> None:
     """What datasets are available here and how to get the rest."""
-    from ..data import dataset_status, write_sample_cifar
+    from ..data import CIFAR_FOLDERS, dataset_status, write_sample_cifar
 
-    if sample_cifar is not None:
+    if sample_cifar is None:
+        if n_train is not None or n_test is not None:
+            raise UserError("--train / --test size the --sample-cifar folder; give --sample-cifar DIR too")
+    else:
+        n_train = 200 if n_train is None else n_train
+        n_test = 50 if n_test is None else n_test
         for flag, n in (("--train", n_train), ("--test", n_test)):
             if n < 10:
                 raise UserError(f"{flag} {n}: at least 10 images (one per class)")
-        folder = write_sample_cifar(sample_cifar, n_train, n_test)
+        folder = sample_cifar / CIFAR_FOLDERS["cifar10"]
+        if folder.exists() and any(folder.iterdir()):
+            raise UserError(f"--sample-cifar {sample_cifar}: {folder} exists and is not empty "
+                            "(it may hold the real CIFAR-10); choose another folder")
+        try:
+            write_sample_cifar(sample_cifar, n_train, n_test)
+        except OSError as exc:
+            raise UserError(f"--sample-cifar {sample_cifar}: {exc.strerror or exc}") from None
         console.print(f"wrote {n_train} + {n_test} synthetic CIFAR-10 images to {folder}; "
                       f"use --set dataset.data_root={sample_cifar}")
         return
