@@ -31,6 +31,24 @@ def float64():
 
 
 @pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """The real CLI entry point in this process (a subprocess would re-import torch each time):
+    ``run_cli(cwd, *args)`` → (exit code, stdout, stderr)."""
+
+    def run(cwd: Path, *args: str) -> tuple[int, str, str]:
+        from mres.cli import main
+
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["mres", *args])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        captured = capsys.readouterr()
+        return exc.value.code, captured.out, captured.err
+
+    return run
+
+
+@pytest.fixture
 def mres_cli():
     return run_mres
 

@@ -46,21 +46,7 @@ def test_channel_beyond_a_stage_is_a_user_error():
         propagate_features([("m", cnn(0))], torch.randn(1, 1, RES, RES), channels=[0, 5])
 
 
-def run_cli(monkeypatch, capsys, cwd, *args: str) -> tuple[int, str, str]:
-    """The real CLI entry point, in this process."""
-    import sys
-
-    from mres.cli import main
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["mres", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
-
-
-def test_cli_features(tmp_path, monkeypatch, capsys):
+def test_cli_features(tmp_path, run_cli):
     for name, seed in (("a", 0), ("b", 1)):
         save_checkpoint(tmp_path / f"{name}.pt", {
             "model": cnn(seed).state_dict(), "resolution": RES, "epoch": 0, "metrics": [],
@@ -68,9 +54,9 @@ def test_cli_features(tmp_path, monkeypatch, capsys):
                      "num_classes": 3},
             "recipe": {"dataset": {"name": "synthetic", "synthetic": {"size": RES, "classes": 3, "n_train": 20,
                                                                       "n_test": 10}}}})
-    code, out, err = run_cli(monkeypatch, capsys, tmp_path, "features", "a.pt", "b.pt", "--samples", "0,2",
+    code, out, err = run_cli(tmp_path, "features", "a.pt", "b.pt", "--samples", "0,2",
                              "--channels", "1", "--out", "figs", "--device", "cpu")
     assert code == 0, err + out
     assert (tmp_path / "figs" / "features.png").exists() and (tmp_path / "figs" / "features.pdf").exists()
-    code, out, err = run_cli(monkeypatch, capsys, tmp_path, "features", "a.pt", "--channels", "9", "--out", "figs")
+    code, out, err = run_cli(tmp_path, "features", "a.pt", "--channels", "9", "--out", "figs")
     assert code == 2 and "channel 9" in err, err

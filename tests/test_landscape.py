@@ -265,26 +265,12 @@ def _save(path, model, res, options):
                                                                 "n_test": 20}}}})
 
 
-def run_cli(monkeypatch, capsys, cwd, *args: str) -> tuple[int, str, str]:
-    """The real CLI entry point, in this process (a subprocess would re-import torch each time)."""
-    import sys
-
-    from mres.cli import main
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["mres", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
-
-
-def test_cli_landscape_end_to_end_and_errors(tmp_path, monkeypatch, capsys):
+def test_cli_landscape_end_to_end_and_errors(tmp_path, run_cli):
     opts = {"pool": False, "width1": 4, "width2": 6}
     _save(tmp_path / "a.pt", small_cnn(0), RES, opts)
     _save(tmp_path / "b.pt", small_cnn(1), RES, opts)
     _save(tmp_path / "p.pt", build_model("cnn", {"pool": True}, 1, 3, RES), RES, {"pool": True})
-    code, out, err = run_cli(monkeypatch, capsys, tmp_path, "landscape", "a.pt", "b.pt", "--grid", "5x3",
+    code, out, err = run_cli(tmp_path, "landscape", "a.pt", "b.pt", "--grid", "5x3",
                              "--range", "-1:1", "--samples", "16", "--out", "out", "--device", "cpu", "--chunk", "4",
                              "-q")
     assert code == 0, err + out
@@ -295,7 +281,7 @@ def test_cli_landscape_end_to_end_and_errors(tmp_path, monkeypatch, capsys):
     # the directions file reproduces the directions
     dirs = ls.DirectionSet.load(tmp_path / "out" / "directions.pt")
     assert dirs.digest() == res.settings["directions_digest"]
-    code, out, err = run_cli(monkeypatch, capsys, tmp_path, "landscape", "--between", "a.pt", "b.pt", "--grid", "5",
+    code, out, err = run_cli(tmp_path, "landscape", "--between", "a.pt", "b.pt", "--grid", "5",
                              "--samples", "16", "--out", "ab", "-q", "--device", "cpu")
     assert code == 0, err + out
     ab = ls.LandscapeResult.load(tmp_path / "ab" / "landscape.npz")
@@ -306,7 +292,7 @@ def test_cli_landscape_end_to_end_and_errors(tmp_path, monkeypatch, capsys):
                          (("a.pt", "--range", "2:1"), "--range"),
                          (("a.pt", "--dim", "3"), "--dim"),
                          (("a.pt", "b.pt", "--between", "a.pt", "b.pt"), "not both")):
-        code, out, err = run_cli(monkeypatch, capsys, tmp_path, "landscape", *args, "--out", "bad")
+        code, out, err = run_cli(tmp_path, "landscape", *args, "--out", "bad")
         assert code == 2 and needle in err, err
 
 

@@ -269,7 +269,27 @@ class MgTransfer(nn.Module):
 
 
 class MultilevelNet(nn.Module):
-    """forward and stages of the multilevel nets: ``_run(x, record)`` returns the last level's u."""
+    """forward and stages of the multilevel nets (MgNet, Poly-MgNet).
+
+    Subclasses hold ``stem``, ``stem_bn``, ``levels`` (``level(f, u)`` smooths), ``transfers``
+    (``transfer(level, next_level, f, u)`` → next f, u) and ``head``.
+    """
+
+    def _run(self, x: Tensor, record: list | None) -> Tensor:
+        """The last level's u; with ``record``, appends (name, map) of f and u per level."""
+        f = F.relu(self.stem_bn(self.stem(x)))
+        u: Tensor | None = None
+        for idx, level in enumerate(self.levels):
+            if idx > 0:
+                f, u = self.transfers[idx - 1](self.levels[idx - 1], level, f, u)
+            u = level(f, u)
+            if u is None:  # no smoothing steps and Π0: the features are zero
+                u = zeros_like_grid(f, level.c_u)
+            if record is not None:
+                record.append((f"level{idx + 1}.f", f))
+                record.append((f"level{idx + 1}.u", u))
+        return u  # type: ignore[return-value]
+
 
     def forward(self, x: Tensor) -> Tensor:
         u = self._run(x, None)
@@ -302,20 +322,6 @@ class MgNet(MultilevelNet):
     @property
     def divisor(self) -> int:
         return 2 ** (len(self.levels) - 1)
-
-    def _run(self, x: Tensor, record: list | None) -> Tensor:
-        f = F.relu(self.stem_bn(self.stem(x)))
-        u: Tensor | None = None
-        for idx, level in enumerate(self.levels):
-            if idx > 0:
-                f, u = self.transfers[idx - 1](self.levels[idx - 1], level, f, u)
-            u = level(f, u)
-            if u is None:  # no smoothing steps and Π0: the features are zero
-                u = zeros_like_grid(f, level.c_u)
-            if record is not None:
-                record.append((f"level{idx + 1}.f", f))
-                record.append((f"level{idx + 1}.u", u))
-        return u  # type: ignore[return-value]
 
     def smoothing_levels(self) -> list[SmoothingLevel]:
         return [SmoothingLevel(i + 1, lvl.A, [], [], 2 ** i) for i, lvl in enumerate(self.levels)]

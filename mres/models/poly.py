@@ -274,18 +274,6 @@ class PolyMgNet(MultilevelNet):
             for p, v in zip(info.coeffs, values):
                 p.copy_(v.to(p))
 
-    def _run(self, x: Tensor, record: list | None) -> Tensor:
-        f = F.relu(self.stem_bn(self.stem(x)))
-        u: Tensor | None = None
-        for idx, level in enumerate(self.levels):
-            if idx > 0:
-                f, u = self.transfers[idx - 1](self.levels[idx - 1], level, f, u)
-            u = level(f, u)
-            if record is not None:
-                record.append((f"level{idx + 1}.f", f))
-                record.append((f"level{idx + 1}.u", u))
-        return u  # type: ignore[return-value]
-
     def smoothing_levels(self) -> list[SmoothingLevel]:
         """Per level: (level, A, coefficient parameters, step kinds, coarsening) for the spectrum code."""
         return [SmoothingLevel(i + 1, lvl.A, [s.coeff for s in lvl.steps], list(lvl.kinds), 2 ** i)
