@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -237,11 +238,11 @@ def run_landscape(req: LandscapeRequest) -> tuple[ls.LandscapeResult, list[Path]
         if old is not None and old.settings.get("resume_key") == resume_key:
             result = old
             result.labels = list(settings["labels"])  # titles may change without recomputing
-            console.print(f"{final} already holds these settings: re-plotting only")
+            console.print(f"{escape(str(final))} already holds these settings: re-plotting only")
     if result is None:
         n_points = len(jobs) * len(xs) * (len(ys) if ys is not None else 1)
         console.print(f"{req.mode} landscape of {len(jobs)} row(s) × {n_points // len(jobs)} points on {req.device}, "
-                      f"{len(data[0][1])} {req.split} samples → [bold]{req.out}[/]")
+                      f"{len(data[0][1])} {req.split} samples → [bold]{escape(str(req.out))}[/]")
         t0 = time.perf_counter()
         result = _compute_with_progress(jobs, xs, ys, n_points, req.progress, method=req.method, chunk=req.chunk,
                                         batch_size=req.batch, partial_path=partial, resume_key=resume_key,
@@ -264,7 +265,7 @@ def run_landscape(req: LandscapeRequest) -> tuple[ls.LandscapeResult, list[Path]
 def _compute_with_progress(jobs: list, xs: np.ndarray, ys: np.ndarray | None, total: int, progress: bool,
                            **kw: Any) -> ls.LandscapeResult:
     def warn(msg: str) -> None:
-        console.print(f"[yellow]warning:[/] {msg}")
+        console.print(f"[yellow]warning:[/] {escape(msg)}")
 
     if not progress:
         return ls.compute_landscape(jobs, xs, ys, warn=warn, **kw)
@@ -283,7 +284,7 @@ def _print_summary(result: ls.LandscapeResult, rows: list[tuple[str, nn.Module, 
     for label, model, x, y, k in rows:
         loss, acc = ls.evaluate_model(model, x, y)
         finite = result.loss[k][np.isfinite(result.loss[k])]
-        table.add_row(label, f"{loss:.4f}", f"{acc:.2%}", f"{finite.min():.4f}" if finite.size else "-",
+        table.add_row(escape(label), f"{loss:.4f}", f"{acc:.2%}", f"{finite.min():.4f}" if finite.size else "-",
                       f"{finite.max():.4g}" if finite.size else "-")
     console.print(table)
 

@@ -1,21 +1,29 @@
-"""The coarse-to-fine job (DESIGN §1, §3.4–3.5): train coarse, transfer, train fine, compare.
+"""The coarse-to-fine job (DESIGN §1, §3.4–3.5, §9): train coarse, transfer, train fine, compare.
 
-For every trial: train the model at the coarsest resolution (shared by all strategies); then
-for every variant (strategy × lam × coefficient policy) move it up grid by grid — transfer,
-BN recalibration, evaluation before any fine training, training at that grid — while ``fresh``
-trains a new model at the finest grid only.  Every phase writes its checkpoint and a
+For every trial: train the model at the coarsest grid (shared by every transfer strategy); then
+for every variant (strategy × lam × coefficient policy) move it up grid by grid — transfer, BN
+recalibration, evaluation before any fine training, training at that grid. Two baselines train at
+the finest grid only: ``fresh`` (the thesis's: a new model for the fine phase's epochs on the fine
+examples) and ``fine-only`` (budget-matched: the coarse phase's examples, epochs chosen so that its
+pixel work equals coarse + fine, its own train block). Every phase writes its checkpoint and a
 ``result.json``; a rerun skips finished phases, so an interrupted job resumes.
+
+Learning-rate plans: ``schedule_scope: phase`` gives each phase its own schedule; ``run`` plans
+one schedule (the coarse block's shape) over the steps of every phase of a variant, each phase
+continuing where the last stopped, with its own block's lr as the peak (equal lrs: one continuous
+schedule). ``fine.schedule.warmup_epochs`` is then a warm-up after each transfer.
 
 Run directory::
 
     recipe.yaml  summary.json  report.md  report.html  figures/
     trial0/coarse-14/{checkpoints/last.pt, metrics.jsonl, metrics.csv, result.json}
-    trial0/galerkin/fine-28/{checkpoints/last.pt, metrics.*, result.json, diagnostics.json}
+    trial0/galerkin/fine-28/{checkpoints/last.pt, checkpoints/start.pt, metrics.*, result.json, diagnostics.json}
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -24,14 +32,20 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from rich.markup import escape
 
+from . import stats, tta
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import TensorData, iterate_batches, load_dataset
-from .errors import DivergedError
+from .data import TensorData, iterate_batches, load_dataset, num_batches
+from .errors import DivergedError, Interrupted, UserError
 from .models import build_model
-from .recipe import CoarseToFineRecipe, TrainConfig, dump_yaml, to_plain
-from .train import configure_runtime, console, evaluate, fit, select_device
-from .transfer import function_preservation, recalibrate_bn, transfer_weights
+from .recipe import CoarseToFineRecipe, TrainConfig, dump_yaml, parse_yaml, to_plain
+from .train import LRPlan, configure_runtime, console, evaluate, fit, json_safe, momentum_buffers, select_device
+from .transfer import function_preservation, recalibrate_bn, transfer_like_weights, transfer_weights
+
+BASELINES = ("fresh", "fine-only")  # trained at the finest grid only, without the coarse model
+COLLAPSE_DROP = 0.20  # final test accuracy this far below the accuracy at transfer: collapsed
+COLLAPSE_MARGIN = 0.05  # ... or within this of chance
 
 
 @dataclass(frozen=True)
@@ -55,13 +69,17 @@ class Variant:
     def slug(self) -> str:
         return self.label.replace("(", "-").replace(")", "").replace("[", "-").replace("]", "").replace("=", "")
 
+    @property
+    def needs_coarse(self) -> bool:
+        return self.strategy not in BASELINES
+
 
 def variants(recipe: CoarseToFineRecipe, has_coefficients: bool) -> list[Variant]:
     policies = recipe.coefficient_policies if has_coefficients else ["keep"]
     out: list[Variant] = []
     for s in recipe.strategies:
-        if s == "fresh":
-            out.append(Variant("fresh"))
+        if s in BASELINES:
+            out.append(Variant(s))
             continue
         for lam in (recipe.lams if s == "galerkin-reg" else [0.0]):
             for pol in policies:
@@ -75,11 +93,70 @@ def _has_coefficients(model: nn.Module) -> bool:
     return callable(levels) and any(lvl.coeffs for lvl in levels())
 
 
+# ----------------------------------------------------------------------------- phases and lr plans
+@dataclass(frozen=True)
+class Phase:
+    """One grid of the cascade: its resolution, its resolved train block and its training examples."""
+
+    resolution: int
+    cfg: TrainConfig
+    n_train: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return num_batches(self.n_train, self.cfg.batch_size)
+
+    @property
+    def steps(self) -> int:
+        return self.steps_per_epoch * self.cfg.epochs
+
+
+def plan_phases(recipe: CoarseToFineRecipe, n_available: int) -> list[Phase]:
+    """The phases of a coarse-to-fine variant: epochs per grid, and with ``coarse_batch_scaling`` the
+    batch and lr of every coarser grid × (finest / grid)² (batch × pixels constant, lr linear in batch)."""
+    finest = recipe.resolutions[-1]
+    out = []
+    for g, (res, epochs) in enumerate(zip(recipe.resolutions, recipe.grid_epochs())):
+        block = recipe.coarse if g == 0 else recipe.fine
+        subset = recipe.coarse_subset if g == 0 else recipe.fine_subset
+        update: dict[str, Any] = {"epochs": epochs}
+        if recipe.coarse_batch_scaling and res < finest:
+            k = (finest // res) ** 2
+            update["batch_size"] = block.batch_size * k
+            update["optimizer"] = block.optimizer.model_copy(update={"lr": block.optimizer.lr * k})
+        out.append(Phase(res, block.model_copy(update=update), min(subset or n_available, n_available)))
+    return out
+
+
+def lr_plans(phases: list[Phase], scope: str) -> list[LRPlan]:
+    """Each phase's place in the lr schedule: its own (``phase``) or one plan over all (``run``)."""
+    if scope == "phase":
+        return [LRPlan.for_phase(p.cfg.schedule, p.steps_per_epoch, p.cfg.epochs) for p in phases]
+    shape = phases[0].cfg.schedule
+    total = sum(p.steps for p in phases)
+    warmup = int(shape.warmup_epochs * phases[0].steps_per_epoch)
+    plans, offset, epochs = [], 0, 0
+    for i, p in enumerate(phases):
+        restart = 0 if i == 0 else int(p.cfg.schedule.warmup_epochs * p.steps_per_epoch)
+        plans.append(LRPlan(shape, max(1, total), p.steps_per_epoch, offset, epochs, warmup, restart))
+        offset, epochs = offset + p.steps, epochs + p.cfg.epochs
+    return plans
+
+
+def budget_matched_epochs(phases: list[Phase], n_train: int) -> int:
+    """Epochs at the finest grid on ``n_train`` examples with the pixel work of every phase (≥ 1)."""
+    finest = phases[-1].resolution
+    work = sum(p.cfg.epochs * p.n_train * (p.resolution / finest) ** 2 for p in phases)
+    return max(1, round(work / max(1, n_train)))
+
+
+# ----------------------------------------------------------------------------- the job
 class CoarseToFine:
     def __init__(self, recipe: CoarseToFineRecipe, run_dir: Path, progress: bool = True):
         self.recipe, self.run_dir, self.progress = recipe, Path(run_dir), progress
         self.device = select_device(recipe.device)
         self.data: TensorData | None = None
+        self.current: Path | None = None  # the phase being trained (for the Ctrl-C message)
 
     # ------------------------------------------------------------------ helpers
     def _arch(self, data: TensorData) -> dict[str, Any]:
@@ -105,88 +182,145 @@ class CoarseToFine:
                 "phase": phase, "normalization": {"mean": list(self.data.mean), "std": list(self.data.std)}}
 
     def _train_phase(self, phase_dir: Path, model: nn.Module, data: TensorData, cfg: TrainConfig, seed: int,
-                     label: str, resolution: int) -> dict[str, Any]:
-        """Train one phase, resumably; returns its result dict (metrics, seconds, diverged)."""
+                     label: str, resolution: int, plan: LRPlan | None = None,
+                     momentum: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        """Train one phase, resumably; returns its result (metrics, seconds, train_seconds, diverged)."""
         result_path = phase_dir / "result.json"
+        ckpt = phase_dir / "checkpoints" / "last.pt"
         if result_path.exists():  # finished before: reuse
             result = json.loads(result_path.read_text())
-            if not result.get("diverged"):
-                model.load_state_dict(load_checkpoint(phase_dir / "checkpoints" / "last.pt")["model"])
+            if not result.get("diverged") and ckpt.exists():
+                model.load_state_dict(load_checkpoint(ckpt)["model"])
             return result
-        ckpt = phase_dir / "checkpoints" / "last.pt"
         state = load_checkpoint(ckpt) if ckpt.exists() else None
-        t0 = time.perf_counter()
-        prior = float(state.get("seconds_so_far", 0.0)) if state else 0.0
+        self.current = phase_dir
         diverged = None
         try:
             metrics = fit(model, data, cfg, seed=seed, augment=self.recipe.dataset.augment, ckpt_path=ckpt,
                           metrics_path=phase_dir / "metrics.jsonl", extra=self._extra(resolution, label),
-                          resume=state, label=label, eval_train=True, progress=self.progress)
+                          resume=state, label=label, eval_train=self.recipe.eval_train, progress=self.progress,
+                          lr_plan=plan, momentum=momentum)
         except DivergedError as exc:
-            console.print(f"[yellow]diverged:[/] {exc}")
+            console.print(f"[yellow]diverged:[/] {escape(str(exc))}")
             diverged = {"epoch": exc.epoch, "step": exc.step, "message": str(exc)}
             last = phase_dir / "metrics.jsonl"
-            metrics = [json.loads(l) for l in last.read_text().splitlines()] if last.exists() else []
-        result = {"metrics": metrics, "seconds": prior + time.perf_counter() - t0, "diverged": diverged}
+            metrics = [json.loads(line) for line in last.read_text().splitlines()] if last.exists() else []
+        # seconds are summed over the epochs' rows, which a resumed phase keeps from its checkpoint
+        result = {"resolution": resolution, "metrics": metrics, "seconds": sum(m.get("seconds") or 0.0 for m in metrics),
+                  "train_seconds": sum(m.get("train_seconds") or 0.0 for m in metrics), "diverged": diverged}
+        if plan is not None:
+            result["lr_plan"] = {"offset": plan.offset, "total": plan.total}
         _write_json(result_path, result)
         return result
+
+    def _check_resume(self) -> None:
+        """A run directory with trained phases keeps its model, grids, data and family."""
+        old_path = self.run_dir / "recipe.yaml"
+        if not old_path.exists() or not any(self.run_dir.glob("trial*/*/result.json")) \
+                and not any(self.run_dir.glob("trial*/*/*/result.json")):
+            return
+        old = parse_yaml(old_path.read_text(), str(old_path)) or {}
+        new = to_plain(self.recipe)
+        changed = [k for k in ("model", "dataset", "resolutions", "family", "coarse_subset", "fine_subset", "seed")
+                   if old.get(k) != new.get(k)]
+        if changed:
+            raise UserError(f"{self.run_dir} holds phases trained with other {', '.join(changed)} "
+                            f"({'; '.join(f'{k}: {old.get(k)!r} → {new.get(k)!r}' for k in changed)}); "
+                            "resume with the run's own recipe, or start a new run with --out")
 
     # ------------------------------------------------------------------ the job
     def run(self) -> dict[str, Any]:
         r = self.recipe
+        self._check_resume()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "recipe.yaml").write_text(dump_yaml(r))
         configure_runtime(r.threads, r.coarse.deterministic or r.fine.deterministic)
         self.data = load_dataset(r.dataset, self.device)
-        coarse_res, fine_res = r.resolutions[0], r.resolutions[-1]
-        probe = self._build(coarse_res, r.seed)
+        phases = plan_phases(r, len(self.data.y_train))
+        plans = lr_plans(phases, r.schedule_scope)
+        probe = self._build(phases[0].resolution, r.seed)
         vs = variants(r, _has_coefficients(probe))
         del probe
-        console.print(f"coarse-to-fine {r.model.name} on {r.dataset.name}: grids {r.resolutions}, "
-                      f"{len(vs)} variants × {r.trials} trials → {self.run_dir}")
+        fine_only_epochs = r.fine_only.epochs or budget_matched_epochs(phases, phases[0].n_train)
+        console.print(f"coarse-to-fine {escape(r.model.name)} on {r.dataset.name}: grids {r.resolutions}, "
+                      f"epochs per grid {[p.cfg.epochs for p in phases]}, lr schedule per {r.schedule_scope}, "
+                      f"{len(vs)} variants × {r.trials} trials → {escape(str(self.run_dir))}")
+        if r.epochs_per_grid is not None and {"epochs"} & (r.coarse.model_fields_set | r.fine.model_fields_set):
+            console.print(f"note: epochs_per_grid {r.epochs_per_grid} replaces coarse.epochs ({r.coarse.epochs}) "
+                          f"and fine.epochs ({r.fine.epochs})")
+        if any(v.strategy == "fine-only" for v in vs):
+            console.print(f"fine-only: {fine_only_epochs} epochs at {phases[-1].resolution}×{phases[-1].resolution} "
+                          f"on {phases[0].n_train} examples"
+                          + (" (budget-matched to the coarse + fine pixel work)" if r.fine_only.epochs is None else ""))
         trials: list[dict[str, Any]] = []
-        for trial in range(r.trials):
-            seed = r.seed + 1000 * trial
-            tdir = self.run_dir / f"trial{trial}"
-            # 1. coarse training, shared by every strategy of this trial
-            coarse = self._build(coarse_res, seed)
-            cdata = self._phase_data(coarse_res, r.coarse_subset, seed)
-            cres = self._train_phase(tdir / f"coarse-{coarse_res}", coarse, cdata, r.coarse, seed,
-                                     f"t{trial} coarse {coarse_res}", coarse_res)
-            coarse_state = {k: v.detach().clone() for k, v in coarse.state_dict().items()}
-            entry: dict[str, Any] = {"trial": trial, "seed": seed, "coarse": cres, "variants": {}}
-            # 2. each variant up the cascade
-            for v in vs:
-                entry["variants"][v.label] = self._run_variant(v, tdir, coarse, coarse_state, cres, seed)
-            trials.append(entry)
-        summary = summarize(r, vs, trials)
+        try:
+            for trial in range(r.trials):
+                seed = r.seed + 1000 * trial
+                tdir = self.run_dir / f"trial{trial}"
+                entry: dict[str, Any] = {"trial": trial, "seed": seed, "coarse": None, "variants": {}}
+                coarse = coarse_state = None
+                if any(v.needs_coarse for v in vs):  # 1. coarse training, shared by every transfer
+                    p0 = phases[0]
+                    coarse = self._build(p0.resolution, seed)
+                    cdata = self._phase_data(p0.resolution, r.coarse_subset, seed)
+                    entry["coarse"] = self._train_phase(tdir / f"coarse-{p0.resolution}", coarse, cdata, p0.cfg, seed,
+                                                        f"t{trial} coarse {p0.resolution}", p0.resolution, plans[0])
+                    coarse_state = {k: v.detach().clone() for k, v in coarse.state_dict().items()}
+                for v in vs:  # 2. each variant up the cascade (or a baseline at the finest grid)
+                    entry["variants"][v.label] = self._run_variant(v, tdir, coarse, coarse_state, entry["coarse"],
+                                                                   seed, trial, phases, plans, fine_only_epochs)
+                trials.append(entry)
+        except KeyboardInterrupt:
+            raise Interrupted(self._interrupted_message()) from None
+        chance = _chance(self.data)
+        summary = summarize(r, vs, trials, chance=chance, fine_only_epochs=fine_only_epochs)
         _write_json(self.run_dir / "summary.json", summary)
         from .report import write_report
 
         write_report(self.run_dir)
         return summary
 
-    def _run_variant(self, v: Variant, tdir: Path, coarse: nn.Module, coarse_state: dict, cres: dict,
-                     seed: int) -> dict[str, Any]:
+    def _interrupted_message(self) -> str:
+        where = "no phase had started"
+        if self.current is not None:
+            ck = self.current / "checkpoints" / "last.pt"
+            where = (f"the last good checkpoint of the phase being trained is {ck}" if ck.exists()
+                     else f"phase {self.current} had no checkpoint yet")
+        return (f"interrupted: finished phases are kept and {where}; resume with: "
+                f"mres coarse-to-fine --resume {self.run_dir}")
+
+    def _run_variant(self, v: Variant, tdir: Path, coarse: nn.Module | None, coarse_state: dict | None,
+                     cres: dict | None, seed: int, trial: int, phases: list[Phase], plans: list[LRPlan],
+                     fine_only_epochs: int) -> dict[str, Any]:
         r = self.recipe
         vdir = tdir / v.slug
-        fine_res = r.resolutions[-1]
-        out: dict[str, Any] = {"phases": [], "diverged": None}
-        if cres.get("diverged"):
-            out["diverged"] = {"phase": "coarse", **cres["diverged"]}
+        finest = phases[-1]
+        out: dict[str, Any] = {"phases": [], "diverged": None, "skipped": None}
+        if v.needs_coarse and cres and cres.get("diverged"):
+            out["skipped"] = f"coarse phase diverged (epoch {cres['diverged']['epoch']}): nothing to transfer"
+            console.print(f"[yellow]skipped:[/] t{trial} {escape(v.label)}: {out['skipped']}")
             return out
-        if v.strategy == "fresh":
-            model = self._build(fine_res, seed + 1)
-            chain = [fine_res]
+        if v.strategy == "fresh":  # the thesis baseline: the fine phase's epochs and examples, new weights
+            model = self._build(finest.resolution, seed + 1)
+            steps = [(finest, None, self._phase_data(finest.resolution, r.fine_subset, seed + 7), seed + 11)]
+        elif v.strategy == "fine-only":  # budget-matched: the coarse phase's examples at the finest grid
+            model = self._build(finest.resolution, seed + 1)
+            cfg = TrainConfig.model_validate({**r.fine_only.model_dump(), "epochs": fine_only_epochs})
+            data = self._phase_data(finest.resolution, r.coarse_subset, seed)
+            steps = [(Phase(finest.resolution, cfg, len(data.y_train)), None, data, seed)]
         else:
+            assert coarse is not None and coarse_state is not None
             coarse.load_state_dict(coarse_state)
             model = coarse
-            chain = r.resolutions[1:]
-        for level, res in enumerate(chain):
+            steps = [(p, plan, self._phase_data(p.resolution, r.fine_subset, seed + 7), seed + 11)
+                     for p, plan in zip(phases[1:], plans[1:])]
+        src_dir = tdir / f"coarse-{phases[0].resolution}"
+        for phase, plan, data, fit_seed in steps:
+            res = phase.resolution
             pdir = vdir / f"fine-{res}"
-            data = self._phase_data(res, r.fine_subset, seed + 7)
-            phase: dict[str, Any] = {"resolution": res}
-            if v.strategy != "fresh":
+            entry: dict[str, Any] = {"resolution": res}
+            momentum = None
+            if v.needs_coarse:
                 src = model
                 model = self._build(res, seed + 1)  # fresh init; overwritten by the transfer
                 t0 = time.perf_counter()
@@ -195,10 +329,11 @@ class CoarseToFine:
                 if r.bn_recalibrate:
                     g = torch.Generator().manual_seed(seed)
                     recalibrate_bn(model, (xb for xb, _ in iterate_batches(data.x_train, data.y_train, 256, g)))
-                x_probe = data.x_test[:256]
-                fp = function_preservation(src, model, x_probe, r.family)
-                phase["transfer_seconds"] = time.perf_counter() - t0
-                phase["diagnostics"] = {"layers": [d.__dict__ for d in diags], "function": fp}
+                if r.carry_optimizer:
+                    momentum = self._moved_momentum(src, model, src_dir, v)
+                entry["transfer_seconds"] = time.perf_counter() - t0  # counted: the method needs it
+                fp = function_preservation(src, model, data.x_test[:256], r.family)  # monitoring: not counted
+                entry["diagnostics"] = {"layers": [d.__dict__ for d in diags], "function": fp}
             # the start of this phase, for landscapes / feature pictures (thesis Fig. 4.3)
             start = pdir / "checkpoints" / "start.pt"
             if not start.exists():
@@ -207,57 +342,160 @@ class CoarseToFine:
             # evaluation before any training at this grid
             tr_loss, tr_acc = evaluate(model, data.x_train, data.y_train)
             te_loss, te_acc = evaluate(model, data.x_test, data.y_test)
-            phase["at_transfer"] = {"train_loss": tr_loss, "train_acc": tr_acc, "test_loss": te_loss,
+            entry["at_transfer"] = {"train_loss": tr_loss, "train_acc": tr_acc, "test_loss": te_loss,
                                     "test_acc": te_acc}
-            res_ = self._train_phase(pdir, model, data, r.fine, seed + 11, f"t{seed // 1000} {v.label} {res}", res)
-            phase.update(res_)
-            if "diagnostics" in phase:
-                _write_json(pdir / "diagnostics.json", phase["diagnostics"])
-            out["phases"].append(phase)
-            if res_.get("diverged"):
-                out["diverged"] = {"phase": f"fine-{res}", **res_["diverged"]}
+            result = self._train_phase(pdir, model, data, phase.cfg, fit_seed, f"t{trial} {v.label} {res}", res,
+                                       plan, momentum)
+            entry.update(result)
+            if "diagnostics" in entry:
+                _write_json(pdir / "diagnostics.json", entry["diagnostics"])
+            out["phases"].append(entry)
+            src_dir = pdir
+            if result.get("diverged"):
+                out["diverged"] = {"phase": f"fine-{res}", **result["diverged"]}
                 break
         return out
+
+    def _moved_momentum(self, src: nn.Module, dst: nn.Module, src_dir: Path, v: Variant) -> dict[str, torch.Tensor]:
+        """The source phase's SGD momentum buffers, moved to the new grid like their weights."""
+        ck = src_dir / "checkpoints" / "last.pt"
+        if not ck.exists():
+            return {}
+        buffers = momentum_buffers(src, load_checkpoint(ck)["optimizer"])
+        return transfer_like_weights(src, dst, buffers, v.strategy, self.recipe.family, v.lam)
+
+
+def _chance(data: TensorData) -> float:
+    """Accuracy of always predicting the most frequent test class (1/K on balanced data)."""
+    counts = torch.bincount(data.y_test.cpu(), minlength=data.num_classes)
+    return float(counts.max()) / max(1, len(data.y_test))
 
 
 def _write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    tmp.write_text(json.dumps(json_safe(obj), indent=1, default=float, allow_nan=False))
     os.replace(tmp, path)
 
 
-def summarize(recipe: CoarseToFineRecipe, vs: list[Variant], trials: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per strategy, lists over trials (test accuracies in [0, 1], seconds) — summary.json."""
+# ----------------------------------------------------------------------------- summary.json
+def variant_curve(v: Variant, trial: dict[str, Any], coarse_resolution: int) -> list[dict[str, Any]]:
+    """Test accuracy against cumulative training seconds (coarse phase, transfers, fine epochs)."""
+    points: list[dict[str, Any]] = []
+    seconds = 0.0
+    cres = trial.get("coarse")
+    if v.needs_coarse and cres:
+        res0 = cres.get("resolution", coarse_resolution)
+        for m in cres["metrics"]:
+            seconds += m.get("train_seconds") or 0.0
+            points.append({"seconds": seconds, "test_acc": m.get("test_acc"), "resolution": res0, "phase": "coarse"})
+    for ph in trial["variants"][v.label]["phases"]:
+        seconds += ph.get("transfer_seconds", 0.0)
+        points.append({"seconds": seconds, "test_acc": ph["at_transfer"]["test_acc"], "resolution": ph["resolution"],
+                       "phase": "start"})
+        for m in ph.get("metrics", []):
+            seconds += m.get("train_seconds") or 0.0
+            points.append({"seconds": seconds, "test_acc": m.get("test_acc"), "resolution": ph["resolution"],
+                           "phase": f"fine-{ph['resolution']}"})
+    return points
+
+
+def is_collapsed(acc_final: float | None, acc_at_transfer: float | None, chance: float) -> bool:
+    """At chance after fine training, or far below the accuracy right after the transfer (DESIGN §9)."""
+    if acc_final is None or not math.isfinite(acc_final):
+        return False  # no final accuracy: diverged or skipped, reported as such
+    if acc_final <= chance + COLLAPSE_MARGIN:
+        return True
+    return acc_at_transfer is not None and math.isfinite(acc_at_transfer) and acc_at_transfer - acc_final > COLLAPSE_DROP
+
+
+def summarize(recipe: CoarseToFineRecipe, vs: list[Variant], trials: list[dict[str, Any]], chance: float = 0.1,
+              fine_only_epochs: int | None = None) -> dict[str, Any]:
+    """Per variant, lists over trials (test accuracies in [0, 1], seconds), curves, time to accuracy,
+    collapse flags and paired statistics — summary.json."""
+    finest = recipe.resolutions[-1]
     strategies: dict[str, Any] = {}
     for v in vs:
-        rows = {k: [] for k in ("acc_at_transfer", "acc_after_first_epoch", "acc_final", "train_acc_at_transfer",
-                                "train_acc_after_first_epoch", "train_acc_final", "seconds", "coarse_seconds",
-                                "transfer_seconds", "fine_seconds", "diverged")}
+        keys = ("acc_at_transfer", "acc_after_first_epoch", "acc_final", "train_acc_at_transfer",
+                "train_acc_after_first_epoch", "train_acc_final", "seconds", "train_seconds", "coarse_seconds",
+                "transfer_seconds", "fine_seconds", "diverged", "collapsed", "skipped", "curve")
+        rows: dict[str, list[Any]] = {k: [] for k in keys}
         for t in trials:
             e = t["variants"][v.label]
             div = e.get("diverged")
-            rows["diverged"].append(bool(div))
-            coarse_s = 0.0 if v.strategy == "fresh" else t["coarse"]["seconds"]
+            cres = t.get("coarse") if v.needs_coarse else None
+            coarse_s = cres["seconds"] if cres else 0.0
+            coarse_train_s = cres.get("train_seconds", 0.0) if cres else 0.0
             fine_s = sum(p.get("seconds", 0.0) for p in e["phases"])
+            fine_train_s = sum(p.get("train_seconds", 0.0) for p in e["phases"])
             trans_s = sum(p.get("transfer_seconds", 0.0) for p in e["phases"])
             last = e["phases"][-1] if e["phases"] else None
             m = last["metrics"] if last else []
-            nan = float("nan")
-            rows["acc_at_transfer"].append(last["at_transfer"]["test_acc"] if last else nan)
-            rows["train_acc_at_transfer"].append(last["at_transfer"]["train_acc"] if last else nan)
             ok = bool(m) and not div
-            rows["acc_after_first_epoch"].append(m[0]["test_acc"] if m else nan)
-            rows["train_acc_after_first_epoch"].append(m[0].get("train_eval_acc", m[0]["train_acc"]) if m else nan)
-            rows["acc_final"].append(m[-1]["test_acc"] if ok else nan)
-            rows["train_acc_final"].append(m[-1].get("train_eval_acc", m[-1]["train_acc"]) if ok else nan)
+            at = last["at_transfer"]["test_acc"] if last else None
+            final = m[-1]["test_acc"] if ok else None
+            rows["acc_at_transfer"].append(at)
+            rows["train_acc_at_transfer"].append(last["at_transfer"]["train_acc"] if last else None)
+            rows["acc_after_first_epoch"].append(m[0]["test_acc"] if m else None)
+            rows["train_acc_after_first_epoch"].append(m[0].get("train_eval_acc", m[0]["train_acc"]) if m else None)
+            rows["acc_final"].append(final)
+            rows["train_acc_final"].append(m[-1].get("train_eval_acc", m[-1]["train_acc"]) if ok else None)
             rows["coarse_seconds"].append(coarse_s)
             rows["transfer_seconds"].append(trans_s)
             rows["fine_seconds"].append(fine_s)
             rows["seconds"].append(coarse_s + trans_s + fine_s)
+            rows["train_seconds"].append(coarse_train_s + trans_s + fine_train_s)
+            rows["diverged"].append(bool(div))
+            rows["skipped"].append(e.get("skipped"))
+            rows["collapsed"].append(is_collapsed(final, at if v.strategy not in BASELINES else None, chance))
+            rows["curve"].append(variant_curve(v, t, recipe.resolutions[0]))
         strategies[v.label] = {"strategy": v.strategy, "lam": v.lam, "policy": v.policy, **rows}
-    return {"recipe": to_plain(recipe), "resolutions": recipe.resolutions, "trials": len(trials),
-            "strategies": strategies}
+    baseline = next((b for b in ("fine-only", "fresh") if b in strategies), None)
+    summary = {"recipe": to_plain(recipe), "resolutions": recipe.resolutions, "trials": len(trials),
+               "chance": chance, "baseline": baseline, "fine_only_epochs": fine_only_epochs,
+               "strategies": strategies}
+    summary["time_to_accuracy"] = time_to_accuracy(strategies, baseline, finest)
+    summary["statistics"] = statistics(strategies, baseline)
+    return summary
+
+
+def time_to_accuracy(strategies: dict[str, Any], baseline: str | None, finest: int) -> dict[str, Any]:
+    """Training seconds until each variant's test accuracy at the finest grid first reached a, for a =
+    the baseline's mean final accuracy and 1 and 2 points below it, with the speedup over the baseline."""
+    if baseline is None:
+        return {}
+    target = stats.mean_ci(strategies[baseline]["acc_final"])["mean"]
+    if target is None:
+        return {"baseline": baseline, "levels": [], "variants": {}}
+    levels = [target, target - 0.01, target - 0.02]
+    out: dict[str, Any] = {"baseline": baseline, "levels": levels, "granularity": "epoch", "variants": {}}
+    base_times = [[tta.seconds_to(c, a, finest) for c in strategies[baseline]["curve"]] for a in levels]
+    for label, s in strategies.items():
+        per_level = []
+        for a, base in zip(levels, base_times):
+            times = [tta.seconds_to(c, a, finest) for c in s["curve"]]
+            reached = [t for t in times if t is not None]
+            base_reached = [t for t in base if t is not None]
+            mean = sum(reached) / len(reached) if reached else None
+            base_mean = sum(base_reached) / len(base_reached) if base_reached else None
+            per_level.append({"accuracy": a, "seconds": times, "mean_seconds": mean, "reached": len(reached),
+                              "speedup": base_mean / mean if mean and base_mean else None})
+        out["variants"][label] = per_level
+    return out
+
+
+def statistics(strategies: dict[str, Any], baseline: str | None) -> dict[str, Any]:
+    """Per variant: the final accuracy's mean, std and 95 % CI, and paired tests against ``transfer``
+    and against the baseline (every trial shares the coarse model, data order and seeds)."""
+    out: dict[str, Any] = {}
+    refs = [r for r in dict.fromkeys(["transfer", baseline]) if r in strategies]
+    for label, s in strategies.items():
+        entry: dict[str, Any] = {"acc_final": stats.mean_ci(s["acc_final"]), "vs": {}}
+        for ref in refs:
+            if ref != label:
+                entry["vs"][ref] = stats.paired_test(s["acc_final"], strategies[ref]["acc_final"])
+        out[label] = entry
+    return out
 
 
 def run_coarse_to_fine(recipe: CoarseToFineRecipe, run_dir: Path, progress: bool = True) -> dict[str, Any]:

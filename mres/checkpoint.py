@@ -7,9 +7,13 @@ Keys: ``model`` (state_dict), ``optimizer``, ``scheduler``, ``epoch``, ``rng``, 
 
 from __future__ import annotations
 
+import errno
+import glob
+import io
 import os
 import platform
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -35,30 +39,85 @@ def _mres_version() -> str:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write atomically: temp file in the same folder, fsync, rename over the target."""
+    """Write atomically: serialise in memory, write a temp file in the same folder, fsync, rename.
+
+    Serialising first means a full disk shows up as ``OSError(ENOSPC)`` from the write (torch's
+    own writer reports it as an opaque "unexpected pos" error); the old checkpoint is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "versions": versions(), **payload}
+    check_plain(payload, str(path))
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        view = memoryview(buf.getbuffer())
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except BaseException:
+    except BaseException as exc:
+        if fd >= 0:
+            os.close(fd)
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            kept = f"; {path} is kept as it was" if path.exists() else ""
+            raise OSError(errno.ENOSPC, f"no space left on {path.parent} (writing a {buf.tell() / 1e6:.1f} MB "
+                                        f"checkpoint){kept}", str(path)) from None
         raise
     return path
 
 
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Delete temp files a killed writer of ``path`` left behind (``.last.pt.*.tmp``)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+_PLAIN_SCALARS = (str, int, float, bool, type(None))
+_PLAIN_CONTAINERS = (dict, OrderedDict, list, tuple)
+
+
+def check_plain(obj: Any, source: str, where: str = "") -> None:
+    """Refuse anything but dict/list/tuple/str/int/float/bool/None and tensors, naming the key path.
+
+    Checked by exact type, independently of what torch's ``weights_only`` unpickler allows.
+    """
+    kind = type(obj)
+    if kind in _PLAIN_SCALARS or kind in (torch.Tensor, torch.nn.Parameter):
+        return
+    if kind not in _PLAIN_CONTAINERS:
+        raise UserError(f"{source}: {'key ' + where if where else 'the top level'} holds a {kind.__module__}.{kind.__qualname__}; "
+                        "an mres checkpoint holds only dicts, lists, tuples, str, int, float, bool, None "
+                        "and tensors")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if type(k) not in (str, int):
+                raise UserError(f"{source}: {'key ' + where if where else 'the top level'} has a key of type "
+                                f"{type(k).__qualname__}; checkpoint keys are str or int")
+            check_plain(v, source, f"{where}[{k!r}]")
+    else:
+        for i, v in enumerate(obj):
+            check_plain(v, source, f"{where}[{i}]")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with ``weights_only=True`` and check that every value is a plain type."""
     path = Path(path)
     if path.is_dir():
         cand = path / "checkpoints" / "last.pt"
@@ -67,13 +126,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         path = cand
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise UserError(f"cannot load checkpoint {path}: the file is empty (0 bytes)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt file or one holding arbitrary objects
-        raise UserError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0]}") from exc
+        raise UserError(f"cannot load checkpoint {path}: {_load_failure_reason(exc)} (not an mres checkpoint, "
+                        "or a damaged one)") from None
+    check_plain(ckpt, f"cannot load checkpoint {path}")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not an mres checkpoint (format {FORMAT!r} expected)")
     return ckpt
+
+
+def _load_failure_reason(exc: Exception) -> str:
+    """What torch.load said, without its advice to retry with ``weights_only=False`` (mres never does)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # the reason follows torch's boilerplate
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [l.strip() for l in text.splitlines() if l.strip() and "weights_only" not in l]
+    return (lines[0] if lines else type(exc).__name__).rstrip(" .:")
 
 
 def arch_of(model: nn.Module, name: str, options: dict[str, Any], in_channels: int,

@@ -13,7 +13,6 @@ import gzip
 import math
 import os
 import pickle
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -142,31 +141,61 @@ def _to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def _load_fashion(cfg: DatasetConfig):
-    src = Path(cfg.path) if cfg.path else DEBIAN_FASHION
-    raw = cache_dir() / "fashion-mnist" / "FashionMNIST" / "raw"
-    missing = [f for f in FASHION_FILES if not (raw / f).exists()]
-    if missing:
-        absent = [f for f in FASHION_FILES if not ((src / f).exists() or (src / f"{f}.gz").exists())]
-        if absent:
-            raise UserError(
-                f"Fashion-MNIST not found in {src} (missing {', '.join(absent)}). Install it with "
-                "`sudo apt-get install -y dataset-fashion-mnist` (Debian), or set dataset.path to a folder "
-                "holding the four IDX files (.gz or not).")
-        raw.mkdir(parents=True, exist_ok=True)
-        for f in FASHION_FILES:
-            # Debian recompressed the files, so torchvision's md5 check fails: decompress ourselves
-            tmp = raw / f".{f}.tmp"
-            if (src / f).exists():
-                shutil.copyfile(src / f, tmp)
-            else:
-                with gzip.open(src / f"{f}.gz", "rb") as fin, open(tmp, "wb") as fout:
-                    shutil.copyfileobj(fin, fout)
-            os.replace(tmp, raw / f)
-    from torchvision.datasets import FashionMNIST
+    """The four IDX files of ``dataset.path`` (default: the Debian package's folder), read directly.
 
-    root = cache_dir() / "fashion-mnist"
-    tr, te = FashionMNIST(root, train=True, download=False), FashionMNIST(root, train=False, download=False)
-    return _to_float(tr.data), tr.targets.long(), _to_float(te.data), te.targets.long()
+    Each file is ``NAME`` or ``NAME.gz`` (the Debian files are recompressed, so torchvision's md5
+    check would fail; mres parses the IDX format itself).  Nothing is cached, so the data read is
+    always the data of ``dataset.path``.
+    """
+    src = Path(cfg.path) if cfg.path else DEBIAN_FASHION
+    key = f"dataset.path {src}" if cfg.path else f"Fashion-MNIST not found in {src}"
+    how = ("Install it with `sudo apt-get install -y dataset-fashion-mnist` (Debian), or set dataset.path to a "
+           "folder holding the four IDX files (.gz or not): " + ", ".join(FASHION_FILES))
+    if cfg.path and not src.is_dir():
+        raise UserError(f"{key}: {'not a folder' if src.exists() else 'does not exist'}. {how}")
+    absent = [f for f in FASHION_FILES if not ((src / f).is_file() or (src / f"{f}.gz").is_file())]
+    if absent:
+        raise UserError(f"{key}: missing {', '.join(absent)}. {how}")
+    arrays = {f: read_idx(src / f if (src / f).is_file() else src / f"{f}.gz", key) for f in FASHION_FILES}
+    x_tr, y_tr, x_te, y_te = (arrays[f] for f in FASHION_FILES)
+    for x, y, part in ((x_tr, y_tr, "train"), (x_te, y_te, "t10k")):
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise UserError(f"{key}: {part}-images {x.shape} and {part}-labels {y.shape} do not match "
+                            "(N×H×W images, N labels)")
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise UserError(f"{key}: train and test images differ in size ({x_tr.shape[1:]} vs {x_te.shape[1:]})")
+    return (_to_float(x_tr), torch.as_tensor(y_tr.astype(np.int64)), _to_float(x_te),
+            torch.as_tensor(y_te.astype(np.int64)))
+
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(path: Path, what: str = "") -> np.ndarray:
+    """One IDX file (``.gz`` or plain): magic ``00 00 TYPE NDIM``, NDIM big-endian uint32 sizes, data."""
+    where = f"{what}: {path.name}" if what else str(path)
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as fh:
+                raw = fh.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"{where}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise UserError(f"{where}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise UserError(f"{where}: truncated IDX header")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    need = int(np.prod(dims)) * dtype.itemsize
+    if len(raw) - header != need:
+        raise UserError(f"{where}: {len(raw) - header} data bytes for dimensions {'×'.join(map(str, dims))} "
+                        f"({need} expected): truncated or damaged")
+    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="), copy=True)
 
 
 def _load_torchvision(cfg: DatasetConfig):
@@ -303,8 +332,13 @@ def _load_synthetic(cfg: DatasetConfig):
     def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         y = torch.randint(0, s.classes, (n,), generator=g)
         x = templates[y] + s.noise * torch.randn(n, s.channels, s.size, s.size, generator=g)
-        shifts = torch.randint(-1, 2, (2,), generator=g)
-        return torch.roll(x, shifts=tuple(shifts.tolist()), dims=(2, 3)), y
+        # every image shifted by its own (dy, dx) in {-1, 0, 1}²: train and test share one distribution
+        shifts = torch.randint(-1, 2, (n, 2), generator=g)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                sel = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)
+                x[sel] = torch.roll(x[sel], shifts=(dy, dx), dims=(2, 3))
+        return x, y
 
     x_tr, y_tr = draw(s.n_train)
     x_te, y_te = draw(s.n_test)

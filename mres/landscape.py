@@ -401,6 +401,9 @@ def interpolation_job(label: str, model_a: nn.Module, model_b: nn.Module, x: tor
                         + (f" (shapes differ for {', '.join(bad[:3])})" if bad else "")
                         + "; they must share architecture and resolution")
     delta = {k: b[k].to(a[k].device) - a[k] for k in a}
+    if not any(bool(d.ne(0).any()) for d in delta.values()):
+        raise UserError("--between: the two checkpoints hold identical weights (B − A = 0), so there is no line "
+                        "to interpolate along; give two different checkpoints of one architecture")
     return SliceJob(label, model_a.eval(), x, y, a, [delta])
 
 
@@ -585,6 +588,7 @@ def panel_levels(z: np.ndarray, shared: np.ndarray, at_least: int = 4) -> tuple[
 def _plot_2d(result: LandscapeResult, out_dir: Path, vmax: float | None, log: bool, levels: int) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib import cm, colors
+    from matplotlib.ticker import MaxNLocator
 
     z_all, lo, hi = _value_range(result.loss, vmax, log)
     zlabel = "log10 loss" if log else "loss"
@@ -651,9 +655,14 @@ def _plot_2d(result: LandscapeResult, out_dir: Path, vmax: float | None, log: bo
         ax.plot_surface(X, Y, z.T, cmap="viridis", norm=norm, linewidth=0, antialiased=True,
                         rcount=min(80, len(result.y)), ccount=min(80, len(result.x)))
         ax.set_zlim(lo, hi)
-        ax.set_xlabel(xname)
-        ax.set_ylabel(yname)
-        ax.set_zlabel(zlabel)
+        # few, small tick labels: the default 9 per axis overlap on the foreshortened 3-D axes
+        for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+            axis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10], min_n_ticks=3))
+        ax.tick_params(axis="both", which="major", labelsize=7, pad=0)
+        ax.tick_params(axis="z", which="major", labelsize=7, pad=2)
+        ax.set_xlabel(xname, fontsize=8, labelpad=2)
+        ax.set_ylabel(yname, fontsize=8, labelpad=2)
+        ax.set_zlabel(zlabel, fontsize=8, labelpad=4)
         ax.set_title(result.labels[k])
         axes3d.append(ax)
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes3d, label=zlabel, shrink=0.6)

@@ -20,7 +20,8 @@ from .errors import UserError
 
 DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "npz", "synthetic")
 SCHEDULES = ("constant", "step", "cosine", "one-cycle", "linear-to-zero", "inverse-sqrt")
-STRATEGIES = ("fresh", "transfer", "galerkin", "galerkin-reg")
+STRATEGIES = ("fresh", "fine-only", "transfer", "galerkin", "galerkin-reg")
+SCHEDULE_SCOPES = ("phase", "run")
 FAMILIES = ("average-constant", "average-bilinear", "fullweighting-linear")
 COEFFICIENT_POLICIES = ("keep", "rescale", "respectral")
 
@@ -174,22 +175,53 @@ class AnalysisConfig(Strict):
     trial: int = Field(0, ge=0, description="which trial's checkpoints to analyse")
 
 
+class FineOnlyConfig(TrainConfig):
+    """The ``fine-only`` baseline's train block: keys not given are the coarse block's."""
+
+    epochs: int | None = Field(None, ge=1, description="null: budget-matched to coarse + fine (pixel count)")
+
+
 class CoarseToFineRecipe(RecipeBase):
     resolutions: list[int] = Field([14, 28], min_length=2, description="coarse to fine, each twice the last")
     family: Literal["average-constant", "average-bilinear", "fullweighting-linear"] = "average-bilinear"
-    strategies: list[Literal["fresh", "transfer", "galerkin", "galerkin-reg"]] = ["fresh", "transfer", "galerkin", "galerkin-reg"]
+    strategies: list[Literal["fresh", "fine-only", "transfer", "galerkin", "galerkin-reg"]] = [
+        "fresh", "fine-only", "transfer", "galerkin", "galerkin-reg"]
     lams: list[float] = Field([0.1], description="galerkin-reg regularisation weights (one run each)")
     coefficient_policies: list[Literal["keep", "rescale", "respectral"]] = ["keep"]
     coarse: TrainConfig = TrainConfig()
     fine: TrainConfig = TrainConfig()
+    fine_only: FineOnlyConfig = FineOnlyConfig()
     coarse_subset: int | None = Field(None, ge=1, description="training examples for the coarse phases")
     fine_subset: int | None = Field(None, ge=1, description="training examples for the fine phase")
+    epochs_per_grid: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="epochs at each grid, coarse to fine (replaces coarse.epochs and fine.epochs)")
+    schedule_scope: Literal["phase", "run"] = Field(
+        "phase", description="phase: each phase plans its own lr schedule; run: one schedule over every phase")
+    carry_optimizer: bool = Field(False, description="move SGD momentum buffers with their tensor's transfer rule")
+    coarse_batch_scaling: bool = Field(False, description="grids coarser than the finest: batch and lr × pixel ratio")
+    eval_train: bool = Field(True, description="evaluate the whole training set after every epoch (monitoring)")
     trials: int = Field(1, ge=1)
     bn_recalibrate: bool = True
     analysis: AnalysisConfig = AnalysisConfig()
 
     def grid_resolutions(self) -> list[int]:
         return list(self.resolutions)
+
+    def grid_epochs(self) -> list[int]:
+        """Epochs at each grid, coarse to fine."""
+        if self.epochs_per_grid is not None:
+            return list(self.epochs_per_grid)
+        return [self.coarse.epochs] + [self.fine.epochs] * (len(self.resolutions) - 1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fine_only_from_coarse(cls, data: Any) -> Any:
+        # the fine-only baseline trains on the coarse phase's examples: by default with its settings
+        if isinstance(data, dict) and isinstance(data.get("coarse", {}), dict) \
+                and isinstance(data.get("fine_only", {}) or {}, dict):
+            base = {k: v for k, v in (data.get("coarse") or {}).items() if k != "epochs"}
+            data = {**data, "fine_only": _deep_merge(base, data.get("fine_only") or {})}
+        return data
 
     @field_validator("resolutions")
     @classmethod
@@ -205,6 +237,39 @@ class CoarseToFineRecipe(RecipeBase):
         if any(x < 0 for x in v):
             raise ValueError("lams must be >= 0")
         return v
+
+    def schedule_problems(self) -> list[tuple[str, str]]:
+        """Combinations of the schedule keys that cannot work (checked with the other semantics)."""
+        problems = []
+        if self.epochs_per_grid is not None:
+            if len(self.epochs_per_grid) != len(self.resolutions):
+                problems.append(("epochs_per_grid", f"{self.epochs_per_grid} has {len(self.epochs_per_grid)} "
+                                 f"entries; resolutions {self.resolutions} need {len(self.resolutions)}"))
+            elif self.epochs_per_grid[0] < 1 and any(s not in ("fresh", "fine-only") for s in self.strategies):
+                problems.append(("epochs_per_grid", "the coarsest grid needs at least 1 epoch"))
+        if self.schedule_scope == "run":
+            c, f = self.coarse.schedule, self.fine.schedule
+            for key in ("name", "milestones", "gamma"):
+                if getattr(c, key) != getattr(f, key):
+                    problems.append((f"fine.schedule.{key}", f"{getattr(f, key)!r} differs from coarse.schedule.{key} "
+                                     f"{getattr(c, key)!r}: schedule_scope 'run' plans one schedule (the coarse "
+                                     "block's) over every phase; fine.schedule.warmup_epochs is a warm-up after "
+                                     "each transfer"))
+        if self.carry_optimizer:
+            for block in ("coarse", "fine"):
+                o = getattr(self, block).optimizer
+                if o.name != "sgd" or o.momentum == 0:
+                    problems.append((f"{block}.optimizer", f"carry_optimizer moves SGD momentum buffers; got "
+                                     f"{o.name} with momentum {o.momentum} (use sgd with momentum > 0, or "
+                                     "carry_optimizer: false)"))
+        return problems
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 # ----------------------------------------------------------------------------- YAML
@@ -268,6 +333,22 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 RecipeT = Union[TrainRecipe, CoarseToFineRecipe]
 
 
+def read_recipe_text(path: Path) -> str:
+    """The recipe's text; a binary or non-UTF-8 file is a UserError naming it (not a UnicodeDecodeError)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"recipe file {path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise UserError(f"recipe file {path} is a binary file (NUL byte at offset {nul}); a recipe is a YAML text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"recipe file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                        f"{exc.start}); a recipe is a YAML text file") from None
+
+
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None,
                 kind: type[RecipeT] = TrainRecipe) -> RecipeT:
     """Read, override and validate a recipe; raise one UserError listing every problem."""
@@ -275,10 +356,16 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None,
     source = "recipe"
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise UserError(f"recipe file {p} is a directory; give a YAML file (bundled recipes: `mres recipes`)")
         if not p.is_file():
             raise UserError(f"recipe file {p} does not exist")
         source = str(p)
-        raw = parse_yaml(p.read_text(), source) or {}
+        raw = parse_yaml(read_recipe_text(p), source)
+        if raw is None:
+            raise UserError(f"recipe {p} is empty (no keys, only blank lines or comments); give the keys to run "
+                            "(`mres recipes` lists complete examples), or leave out --recipe and give --set "
+                            "key=value to run on the defaults")
         if not isinstance(raw, dict):
             raise UserError(f"{source}: a recipe is a mapping of keys, got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides or [])
@@ -333,6 +420,7 @@ def _semantic_problems(recipe: RecipeT) -> list[tuple[str, str]]:
         a = recipe.analysis
         if (a.landscape or a.features) and a.trial >= recipe.trials:
             problems.append(("analysis.trial", f"{a.trial}, but the run has trials 0..{recipe.trials - 1}"))
+        problems += recipe.schedule_problems()
     return problems
 
 

@@ -58,33 +58,41 @@ def write_report(run_dir: Path) -> Path:
     strategies: dict[str, Any] = summary["strategies"]
     res = summary["resolutions"]
     rec = summary["recipe"]
+    trials = summary["trials"]
     sections: list[Section] = [
         ("h1", f"Coarse-to-fine report: {rec['model']['name']} on {rec['dataset']['name']}"),
         ("p", f"Grids {' → '.join(f'{r}×{r}' for r in res)}, operator family `{rec['family']}`, "
-              f"{summary['trials']} trial(s); coarse phase {rec['coarse']['epochs']} epochs"
-              f"{' on ' + str(rec['coarse_subset']) + ' examples' if rec.get('coarse_subset') else ''}, "
-              f"fine phase {rec['fine']['epochs']} epochs"
-              f"{' on ' + str(rec['fine_subset']) + ' examples' if rec.get('fine_subset') else ''}; "
+              f"{trials} trial(s); epochs per grid {_grid_epochs(rec)}"
+              f"{' (coarse on ' + str(rec['coarse_subset']) + ' examples' if rec.get('coarse_subset') else ''}"
+              f"{', fine on ' + str(rec['fine_subset']) + ')' if rec.get('fine_subset') else (')' if rec.get('coarse_subset') else '')}; "
+              f"learning-rate schedule per {rec.get('schedule_scope', 'phase')}"
+              f"{'; momentum carried across transfers' if rec.get('carry_optimizer') else ''}"
+              f"{'; coarse batches scaled with the pixel ratio' if rec.get('coarse_batch_scaling') else ''}; "
               f"BN recalibration {'on' if rec['bn_recalibrate'] else 'off'}. Accuracies in % (mean ± std over trials)."),
-        ("h2", "Accuracy (thesis Table 4.1 layout)"),
     ]
+    sections += _baseline_sections(summary)
+    sections.append(("h2", "Accuracy (thesis Table 4.1 layout)"))
     head = ["strategy", "at transfer: train", "at transfer: test", "after 1st fine epoch: train",
-            "after 1st fine epoch: test", "final: train", "final: test", "diverged"]
+            "after 1st fine epoch: test", "final: train", "final: test", "diverged", "collapsed"]
     rows = []
     for label, s in strategies.items():
         rows.append([label, _ms(s["train_acc_at_transfer"]), _ms(s["acc_at_transfer"]),
                      _ms(s["train_acc_after_first_epoch"]), _ms(s["acc_after_first_epoch"]),
                      _ms(s["train_acc_final"]), _ms(s["acc_final"]),
-                     f"{sum(s['diverged'])}/{len(s['diverged'])}"])
+                     f"{sum(s['diverged'])}/{len(s['diverged'])}", _collapsed_cell(s)])
     sections.append(("table", head, rows))
-    best = _best(strategies)
-    if best:
-        sections.append(("p", f"Best final test accuracy: **{best[0]}** ({best[1] * 100:.2f} %)."))
+    sections += _status_sections(summary)
+    sections += _statistics_sections(summary)
+    sections += _tta_sections(summary, figs)
 
     sections += [("h2", "Wall-clock per phase (seconds)"),
-                 ("table", ["strategy", "coarse", "transfer (+BN recal.)", "fine", "total"],
+                 ("p", "Coarse, transfer and fine are wall seconds of each phase (evaluation included); "
+                       "`counted` is what time to accuracy counts: optimizer steps, transfers and BN "
+                       "recalibration, without the per-epoch evaluation (DESIGN §9)."),
+                 ("table", ["strategy", "coarse", "transfer (+BN recal.)", "fine", "total", "counted"],
                   [[label, _ms(s["coarse_seconds"], False), _ms(s["transfer_seconds"], False),
-                    _ms(s["fine_seconds"], False), _ms(s["seconds"], False)] for label, s in strategies.items()])]
+                    _ms(s["fine_seconds"], False), _ms(s["seconds"], False),
+                    _ms(s.get("train_seconds", s["seconds"]), False)] for label, s in strategies.items()])]
 
     conv = _convergence_figure(run_dir, summary, figs / "convergence.png")
     if conv:
@@ -96,6 +104,202 @@ def write_report(run_dir: Path) -> Path:
     (run_dir / "report.md").write_text(md)
     (run_dir / "report.html").write_text(_render_html(sections, title=sections[0][1]))
     return run_dir / "report.md"
+
+
+def _grid_epochs(rec: dict[str, Any]) -> list[int]:
+    if rec.get("epochs_per_grid") is not None:
+        return list(rec["epochs_per_grid"])
+    return [rec["coarse"]["epochs"]] + [rec["fine"]["epochs"]] * (len(rec["resolutions"]) - 1)
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None else f"{x * 100:.{digits}f}"
+
+
+def _baseline_sections(summary: dict[str, Any]) -> list[Section]:
+    """Which baseline is which (DESIGN §9)."""
+    rec, strategies = summary["recipe"], summary["strategies"]
+    parts = []
+    if "fine-only" in strategies:
+        n = rec.get("coarse_subset") or "all"
+        parts.append(f"`fine-only` is the **budget-matched** baseline: a new model trained at the finest grid only, "
+                     f"on the coarse phase's examples ({n}), for {summary.get('fine_only_epochs')} epochs with its "
+                     f"own schedule"
+                     + (" — chosen so that its pixel work equals the coarse + fine phases'" if
+                        (rec.get("fine_only") or {}).get("epochs") is None else "")
+                     + ". It answers *did coarse training save time at equal accuracy?*")
+    if "fresh" in strategies:
+        parts.append("`fresh` is the thesis's baseline: a new model trained only for the fine phase's epochs on "
+                     "the fine examples (it gets less compute than the coarse-to-fine variants).")
+    if summary.get("baseline"):
+        parts.append(f"Speedups and paired tests below are against `{summary['baseline']}`.")
+    return [("p", " ".join(parts))] if parts else []
+
+
+def _collapsed_cell(s: dict[str, Any]) -> str:
+    flags = s.get("collapsed") or []
+    return f"**{sum(flags)}/{len(flags)}**" if any(flags) else f"0/{len(flags)}"
+
+
+def _status_sections(summary: dict[str, Any]) -> list[Section]:
+    """Collapsed, diverged and skipped variants, said in words."""
+    out = []
+    chance = summary.get("chance", 0.1)
+    for label, s in summary["strategies"].items():
+        n = len(s["acc_final"])
+        col = sum(s.get("collapsed") or [])
+        if col:
+            out.append(f"**{label} collapsed** in {col}/{n} trial(s): its final test accuracy is at chance "
+                       f"(≤ {(chance + 0.05) * 100:.0f} %) or more than 20 points below its accuracy right after the "
+                       f"transfer (mean {_ms(s['acc_at_transfer'])} % at transfer, {_ms(s['acc_after_first_epoch'])} % "
+                       f"after the first fine epoch, {_ms(s['acc_final'])} % final). Training moved it away from the "
+                       "transferred solution; it did not diverge (its losses stayed finite).")
+        if any(s["diverged"]):
+            out.append(f"{label} diverged (non-finite loss or weights) in {sum(s['diverged'])}/{n} trial(s).")
+        skipped = [x for x in (s.get("skipped") or []) if x]
+        if skipped:
+            out.append(f"{label} was skipped in {len(skipped)}/{n} trial(s): {skipped[0]}.")
+    return [("p", " ".join(out))] if out else []
+
+
+def _statistics_sections(summary: dict[str, Any]) -> list[Section]:
+    """Final accuracy with 95 % CIs and paired tests, and the findings they allow (DESIGN §9)."""
+    from .stats import significance_mark
+
+    st = summary.get("statistics") or {}
+    if not st:
+        return []
+    trials = summary["trials"]
+    refs = [r for r in dict.fromkeys(["transfer", summary.get("baseline")]) if r in summary["strategies"]]
+
+    def diff(t: dict[str, Any] | None) -> str:
+        if not t or t.get("mean_diff") is None:
+            return "—"
+        s = f"{t['mean_diff'] * 100:+.1f}"
+        if t.get("ci"):
+            s += f" [{t['ci'][0] * 100:+.1f}, {t['ci'][1] * 100:+.1f}]"
+        if t.get("p_t") is not None:
+            s += f", p={t['p_t']:.3g}"
+        if t.get("p_wilcoxon") is not None:
+            s += f" (W p={t['p_wilcoxon']:.3g})"
+        return s + significance_mark(t)
+
+    head = ["strategy", "n", "final test %", "95 % CI"] + [f"Δ vs {r} (points) [95 % CI], p" for r in refs]
+    rows = []
+    for label, e in st.items():
+        a = e["acc_final"]
+        # a t interval of an accuracy can reach past 0 or 100 % with few trials: shown clipped
+        ci = f"[{_pct(max(0.0, a['ci'][0]))}, {_pct(min(1.0, a['ci'][1]))}]" if a.get("ci") else "—"
+        rows.append([label, a["n"], _ms(summary["strategies"][label]["acc_final"]), ci]
+                    + [diff(e["vs"].get(r)) if r != label else "·" for r in refs])
+    text = ("Paired over trials (each trial shares the coarse model, data order and seeds across variants): "
+            "`scipy.stats.ttest_rel`" + (", and Wilcoxon signed-rank (W) from 6 trials on" if trials >= 6 else "")
+            + "; * marks p < 0.05 (every test run). 95 % CIs are Student-t (of an accuracy: clipped to [0, 100]).")
+    out: list[Section] = [("h2", "Final test accuracy: statistics"), ("p", text), ("table", head, rows)]
+    findings = []
+    for label, e in st.items():
+        for r, t in e["vs"].items():
+            if t.get("significant"):
+                word = "higher" if t["mean_diff"] > 0 else "lower"
+                findings.append(f"`{label}` is {abs(t['mean_diff']) * 100:.1f} points {word} than `{r}` "
+                                f"(95 % CI [{t['ci'][0] * 100:+.1f}, {t['ci'][1] * 100:+.1f}], p={t['p_t']:.2g}, "
+                                f"{t['n']} trials)")
+    if trials < 2:
+        out.append(("p", "**One trial: every difference above is an anecdote, not a finding** — no interval or "
+                         "test is possible. Rerun with `--set trials=3` (or more) for paired tests."))
+    elif findings:
+        out.append(("p", "Findings (significant paired differences): " + "; ".join(findings) + ". "
+                         "Every other difference in the tables is within the trial-to-trial noise."))
+    else:
+        out.append(("p", f"No paired difference is significant over {trials} trials: the tables do not rank the "
+                         "variants."))
+    return out
+
+
+def _tta_sections(summary: dict[str, Any], figs: Path) -> list[Section]:
+    """Accuracy against training seconds, and the seconds each variant needed to reach the baseline."""
+    out: list[Section] = []
+    if _accuracy_seconds_figure(summary, figs / "accuracy_seconds.png"):
+        out += [("h2", "Time to accuracy (DESIGN §9)"),
+                ("p", "Test accuracy against cumulative training seconds (optimizer steps of every phase, transfers "
+                      "and BN recalibration; evaluation not counted). Dashed: the coarse phase, evaluated on "
+                      "coarse test images; x: right after a transfer; solid: the finest grid. Thin lines are "
+                      "trials, thick the mean."),
+                ("img", "figures/accuracy_seconds.png", "test accuracy against training seconds")]
+    tt = summary.get("time_to_accuracy") or {}
+    if not tt.get("levels"):
+        return out
+    base = tt["baseline"]
+    head = ["strategy"] + [f"to {a * 100:.1f} % (s)" for a in tt["levels"]] + [
+        f"speedup at {a * 100:.1f} %" for a in tt["levels"]]
+    rows = []
+    for label, levels in tt["variants"].items():
+        n = len(levels[0]["seconds"]) if levels else 0
+        cells = []
+        for lv in levels:
+            if lv["reached"] == 0:
+                cells.append("not reached")
+            else:
+                c = _ms([t for t in lv["seconds"] if t is not None], False)
+                cells.append(c + (f" ({lv['reached']}/{n})" if lv["reached"] < n else ""))
+        cells += [f"{lv['speedup']:.2f}×" if lv.get("speedup") else "—" for lv in levels]
+        rows.append([label] + cells)
+    out += [("p", f"Seconds to reach accuracy a at the finest grid, for a = the mean final accuracy of "
+                  f"`{base}` and 1 and 2 points below it, measured at the epoch's end (whole-epoch granularity: "
+                  "an accuracy reached mid-epoch counts at the epoch's end). Speedup = "
+                  f"`{base}`'s mean seconds / the variant's; (k/n): reached in k of n trials."),
+            ("table", head, rows)]
+    return out
+
+
+def _accuracy_seconds_figure(summary: dict[str, Any], out: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finest = summary["resolutions"][-1]
+    curves = {label: [c for c in s.get("curve") or [] if c] for label, s in summary["strategies"].items()}
+    curves = {k: v for k, v in curves.items() if v}
+    if not curves:
+        return False
+    fig, ax = plt.subplots(figsize=(9, 5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, cs) in enumerate(curves.items()):
+        color = colors[i % len(colors)]
+        for c in cs:  # trials, thin
+            ax.plot([p["seconds"] for p in c], [p["test_acc"] for p in c], color=color, lw=0.6, alpha=0.35)
+        n = min(len(c) for c in cs)
+        xs = np.mean([[p["seconds"] for p in c[:n]] for c in cs], axis=0)
+        ys = np.mean([[np.nan if p["test_acc"] is None else p["test_acc"] for p in c[:n]] for c in cs], axis=0)
+        fine = np.array([p["resolution"] == finest for p in cs[0][:n]])
+        start = np.array([p["phase"] == "start" for p in cs[0][:n]])
+        coarse_idx = np.flatnonzero(~fine)
+        if len(coarse_idx):
+            ax.plot(xs[coarse_idx], ys[coarse_idx], color=color, lw=1.5, ls="--", marker=".", ms=4)
+        ax.plot(xs[fine], ys[fine], color=color, lw=2, marker="o", ms=3, label=label)
+        ax.plot(xs[start & fine], ys[start & fine], ls="none", marker="x", ms=8, color=color)
+    tt = summary.get("time_to_accuracy") or {}
+    for a in tt.get("levels", [])[:1]:
+        ax.axhline(a, color="grey", ls=":", lw=1)
+        ax.annotate(f"{tt['baseline']} final {a * 100:.1f} %", (0, a), xytext=(2, 2), textcoords="offset points",
+                    fontsize=8, color="grey")
+    # the y range shows every trained point on the finest grid (a collapse too), not the baselines' random starts
+    shown = [p["test_acc"] for label, cs in curves.items() for c in cs for p in c
+             if p["test_acc"] is not None and p["resolution"] == finest
+             and not (p["phase"] == "start" and summary["strategies"][label]["strategy"] in ("fresh", "fine-only"))]
+    if shown:
+        ax.set_ylim(max(0.0, min(shown) - 0.02), min(1.0, max(shown) + 0.01))
+    ax.set_xlabel("cumulative training seconds (coarse phase + transfer + fine phase; evaluation not counted)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"{' → '.join(f'{r}×{r}' for r in summary['resolutions'])}: accuracy against wall-clock; "
+                 f"{summary['trials']} trial(s)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def _analysis_sections(run_dir: Path) -> list[Section]:

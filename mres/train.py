@@ -14,6 +14,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,9 +25,9 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .checkpoint import save_checkpoint
+from .checkpoint import remove_stale_temps, save_checkpoint
 from .data import TensorData, iterate_batches, num_batches
-from .errors import DivergedError
+from .errors import DivergedError, Interrupted, UserError
 from .recipe import AugmentConfig, OptimizerConfig, ScheduleConfig, TrainConfig, TrainRecipe
 
 console = Console(stderr=True)
@@ -70,13 +71,11 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
     return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-def lr_factor(cfg: ScheduleConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
-    """Multiplier of the base lr at optimizer step ``step`` (schedules are per step)."""
-    total = max(1, steps_per_epoch * epochs)
-    warm = cfg.warmup_epochs * steps_per_epoch
-    if step < warm:
-        return (step + 1) / warm
-    t = min(1.0, step / total)
+def schedule_factor(cfg: ScheduleConfig, step: int, total: int, warmup: int, epoch: int) -> float:
+    """Multiplier of the base lr at step ``step`` of a plan of ``total`` steps (``epoch``: 0-based epoch)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, step / max(1, total))
     if cfg.name == "constant":
         return 1.0
     if cfg.name == "step":
@@ -90,8 +89,45 @@ def lr_factor(cfg: ScheduleConfig, step: int, steps_per_epoch: int, epochs: int)
             return 0.04 + 0.96 * t / 0.3
         return 0.5 * (1 + math.cos(math.pi * (t - 0.3) / 0.7)) + 1e-4
     if cfg.name == "inverse-sqrt":  # the thesis' α_e = α / sqrt(0.5 e), e = 1-based epoch
-        return 1.0 / math.sqrt(0.5 * (step // steps_per_epoch + 1))
+        return 1.0 / math.sqrt(0.5 * (epoch + 1))
     raise ValueError(cfg.name)
+
+
+def lr_factor(cfg: ScheduleConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """Multiplier of the base lr at optimizer step ``step`` of one phase planned on its own."""
+    return LRPlan.for_phase(cfg, steps_per_epoch, epochs).factor(step)
+
+
+@dataclass(frozen=True)
+class LRPlan:
+    """Where one phase's optimizer steps sit in a learning-rate schedule (DESIGN §9).
+
+    Step ``s`` of the phase is step ``offset + s`` of a plan of ``total`` steps shaped by
+    ``schedule``, with ``warmup`` steps of linear warm-up at the start of the plan and
+    ``restart_warmup`` steps at the start of this phase (a warm-up after a transfer, multiplied
+    onto the plan). A phase planned on its own is ``offset = 0, total = its steps``; under
+    ``schedule_scope: run`` every phase of a variant shares one plan over all their steps.
+    """
+
+    schedule: ScheduleConfig
+    total: int
+    steps_per_epoch: int
+    offset: int = 0
+    epoch_offset: int = 0
+    warmup: int = 0
+    restart_warmup: int = 0
+
+    @classmethod
+    def for_phase(cls, cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> "LRPlan":
+        return cls(cfg, max(1, steps_per_epoch * epochs), max(1, steps_per_epoch),
+                   warmup=int(cfg.warmup_epochs * steps_per_epoch))
+
+    def factor(self, step: int) -> float:
+        f = schedule_factor(self.schedule, self.offset + step, self.total, self.warmup,
+                            self.epoch_offset + step // self.steps_per_epoch)
+        if step < self.restart_warmup:
+            f *= (step + 1) / self.restart_warmup
+        return f
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -131,11 +167,17 @@ def fit(
     eval_train: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
+    lr_plan: LRPlan | None = None,
+    momentum: dict[str, torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` on ``data`` for ``cfg.epochs`` epochs; return the per-epoch metrics.
 
     ``extra`` goes into every checkpoint (recipe, arch, resolution, ...); ``resume`` is a
     checkpoint dict written by this function, from which training continues exactly.
+    ``lr_plan`` places this phase in a longer schedule (default: the phase's own);
+    ``momentum`` (parameter name → buffer) starts SGD's momentum buffers (``carry_optimizer``).
+    A non-finite loss, test loss or weight raises :class:`DivergedError`; the last good
+    checkpoint is kept and the epoch's metrics row marks the non-finite values (``null``).
     """
     device = data.x_train.device
     model.to(device)
@@ -144,20 +186,27 @@ def fit(
     gen = seed_everything(seed)
     opt = build_optimizer(model, cfg.optimizer)
     spe = num_batches(len(data.y_train), cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.schedule, s, spe, cfg.epochs))
+    plan = lr_plan or LRPlan.for_phase(cfg.schedule, spe, cfg.epochs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, plan.factor)
     aug = augment or AugmentConfig()
     # crop padding is given at the dataset's native resolution; scale it to this grid
     pad = int(round(aug.crop_padding * data.resolution / (data.native_resolution or data.resolution)))
     metrics: list[dict[str, Any]] = []
-    start_epoch = 0
+    start_epoch, prior_seconds = 0, 0.0
     if resume is not None:
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
         _set_rng(resume["rng"], gen)
         start_epoch, metrics = int(resume["epoch"]), list(resume["metrics"])
+        prior_seconds = float(resume.get("seconds_so_far", 0.0))
+    elif momentum:
+        set_momentum(model, opt, momentum)
+    if ckpt_path is not None:
+        remove_stale_temps(ckpt_path)
     use_amp = cfg.amp and device.type == "cuda"
     regularization = getattr(model, "regularization", None)
+    t_start = time.perf_counter()
 
     bar = _Progress(enabled=progress, label=label, epochs=cfg.epochs, steps=spe, start=start_epoch)
     with bar:
@@ -199,17 +248,46 @@ def fit(
             row["seconds"] = time.perf_counter() - t0
             row["train_seconds"] = train_seconds
             metrics.append(row)
+            bad = _nonfinite(model, row)
             if metrics_path is not None:
                 write_metrics(metrics_path, metrics)
+            if bad:  # e.g. the last step of the epoch blew the weights up: keep the last good checkpoint
+                raise DivergedError(f"{label}: non-finite {', '.join(bad)} after epoch {epoch + 1}; the last good "
+                                    "checkpoint is kept", epoch + 1, seen // cfg.batch_size)
             if ckpt_path is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
                 save_checkpoint(ckpt_path, {
                     **(extra or {}), "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "epoch": epoch + 1, "rng": _get_rng(gen),
-                    "metrics": metrics})
+                    "metrics": metrics, "seconds_so_far": prior_seconds + time.perf_counter() - t_start})
             bar.epoch_done(row)
             if on_epoch is not None:
                 on_epoch(row)
     return metrics
+
+
+def _nonfinite(model: nn.Module, row: dict[str, Any]) -> list[str]:
+    """Names of the non-finite metrics of ``row`` (and "weights" if any parameter is)."""
+    bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+    if any(not torch.isfinite(p).all() for p in model.parameters()):
+        bad.append("weights")
+    return bad
+
+
+def momentum_buffers(model: nn.Module, optimizer_state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """SGD momentum buffers of a saved optimizer state, by parameter name (order of build_optimizer)."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    out = {}
+    for idx, st in optimizer_state.get("state", {}).items():
+        buf = st.get("momentum_buffer")
+        if buf is not None and int(idx) < len(names):
+            out[names[int(idx)]] = buf
+    return out
+
+
+def set_momentum(model: nn.Module, opt: torch.optim.Optimizer, buffers: dict[str, torch.Tensor]) -> None:
+    for name, p in model.named_parameters():
+        if name in buffers and p.requires_grad:
+            opt.state[p]["momentum_buffer"] = buffers[name].detach().to(p.device, p.dtype).clone()
 
 
 def _get_rng(gen: torch.Generator) -> dict[str, Any]:
@@ -228,11 +306,32 @@ def _set_rng(state: dict[str, Any], gen: torch.Generator) -> None:
 
 
 # ----------------------------------------------------------------------------- outputs
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by ``None`` (JSON has no NaN or Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def metrics_row_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A metrics row for JSON: non-finite values become ``null``, listed under ``nonfinite``."""
+    bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+    out = json_safe(row)
+    if bad:
+        out["nonfinite"] = bad
+    return out
+
+
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    """metrics.jsonl and metrics.csv side by side, rewritten atomically each epoch."""
+    """metrics.jsonl and metrics.csv side by side, rewritten atomically each epoch (NaN → null)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    jsonl = "".join(json.dumps(r) + "\n" for r in rows)
+    rows = [metrics_row_json(r) for r in rows]
+    jsonl = "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows)
     _atomic_write(path.with_suffix(".jsonl"), jsonl)
     keys: list[str] = []
     for r in rows:
@@ -290,15 +389,17 @@ class _Progress:
 
 # ----------------------------------------------------------------------------- the `mres train` job
 def train_job(recipe: TrainRecipe, run_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Recipe → data + model → fit; the run dir gets recipe.yaml, metrics.*, checkpoints/last.pt."""
+    """Recipe → data + model → fit; the run dir gets recipe.yaml, metrics.*, checkpoints/last.pt.
+
+    On ``resume`` the checkpoint is checked against the recipe before anything is written.
+    Ctrl-C raises :class:`Interrupted`, naming the last good checkpoint and the resume command.
+    """
     from .checkpoint import load_checkpoint
     from .data import load_dataset
     from .models import build_model
     from .recipe import dump_yaml, to_plain
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(dump_yaml(recipe))
     configure_runtime(recipe.threads, recipe.train.deterministic)
     device = select_device(recipe.device)
     data = load_dataset(recipe.dataset, device).at_resolution(recipe.resolution)
@@ -306,14 +407,64 @@ def train_job(recipe: TrainRecipe, run_dir: Path, resume: bool = False, progress
     model = build_model(recipe.model.name, recipe.model.options(), data.in_channels, data.num_classes,
                         recipe.resolution)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
+    arch = {"name": recipe.model.name, "options": recipe.model.options(), "in_channels": data.in_channels,
+            "num_classes": data.num_classes}
     state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
-    extra = {"recipe": to_plain(recipe), "resolution": recipe.resolution,
-             "arch": {"name": recipe.model.name, "options": recipe.model.options(),
-                      "in_channels": data.in_channels, "num_classes": data.num_classes},
+    if state is not None:
+        check_resumable(state, model, arch, recipe.resolution, ckpt_path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text(dump_yaml(recipe))
+    extra = {"recipe": to_plain(recipe), "resolution": recipe.resolution, "arch": arch,
              "normalization": {"mean": list(data.mean), "std": list(data.std)}}
     t0 = time.perf_counter()
-    metrics = fit(model, data, recipe.train, seed=recipe.seed, augment=recipe.dataset.augment, ckpt_path=ckpt_path,
-                  metrics_path=run_dir / "metrics.jsonl", extra=extra, resume=state, label="train",
-                  progress=progress)
+    try:
+        metrics = fit(model, data, recipe.train, seed=recipe.seed, augment=recipe.dataset.augment,
+                      ckpt_path=ckpt_path, metrics_path=run_dir / "metrics.jsonl", extra=extra, resume=state,
+                      label="train", progress=progress)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_message(ckpt_path, f"mres train --resume {run_dir}")) from None
     return {"metrics": metrics, "seconds": time.perf_counter() - t0, "run_dir": str(run_dir),
             "checkpoint": str(ckpt_path)}
+
+
+def check_resumable(state: dict[str, Any], model: nn.Module, arch: dict[str, Any], resolution: int,
+                    ckpt_path: Path) -> None:
+    """Refuse to resume from a checkpoint of another model, resolution or dataset shape."""
+    problems = []
+    if state.get("resolution") != resolution:
+        problems.append(f"resolution {state.get('resolution')} (the recipe asks for {resolution})")
+    old = state.get("arch") or {}
+    for key in ("name", "options", "in_channels", "num_classes"):
+        if old.get(key) != arch[key]:
+            problems.append(f"model {key} {old.get(key)!r} (the recipe asks for {arch[key]!r})")
+    if not problems:  # same recipe, yet the tensors differ (e.g. a checkpoint copied from elsewhere)
+        own, saved = model.state_dict(), state.get("model", {})
+        missing = [k for k in own if k not in saved]
+        unexpected = [k for k in saved if k not in own]
+        shapes = [k for k in own if k in saved and tuple(own[k].shape) != tuple(saved[k].shape)]
+        if missing or unexpected or shapes:
+            problems.append(f"weights that do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                            f"other shapes {shapes[:3]})")
+    if problems:
+        raise UserError(f"cannot resume from {ckpt_path}: it holds " + "; ".join(problems)
+                        + ". Resume with the run's own recipe (drop the --set that changed it), or start a new run "
+                          "with --out")
+
+
+def interrupted_message(ckpt_path: Path, resume_cmd: str) -> str:
+    """One line: where the last good checkpoint is and how to resume."""
+    if ckpt_path.exists():
+        try:
+            epoch = load_checkpoint_epoch(ckpt_path)
+            where = f"the last good checkpoint is {ckpt_path} (epoch {epoch})"
+        except Exception:  # noqa: BLE001 - the message must not fail
+            where = f"the last good checkpoint is {ckpt_path}"
+    else:
+        where = "no checkpoint was written yet"
+    return f"interrupted: {where}; resume with: {resume_cmd}"
+
+
+def load_checkpoint_epoch(path: Path) -> int:
+    from .checkpoint import load_checkpoint
+
+    return int(load_checkpoint(path)["epoch"])

@@ -201,6 +201,27 @@ def transfer_weights(
     return diags
 
 
+def transfer_like_weights(src: nn.Module, dst: nn.Module, tensors: dict[str, torch.Tensor], strategy: str,
+                          family: str = "average-bilinear", lam: float = 0.0,
+                          direction: str = "prolongate") -> dict[str, torch.Tensor]:
+    """Move per-parameter tensors (SGD momentum buffers: pending weight updates) by their parameter's rule.
+
+    A momentum buffer is a step in weight space, so it moves as the weights do (the same linear map
+    per tensor): copies of the two models carry the tensors through :func:`transfer_weights`
+    (coefficients: ``keep``). Parameters without a tensor move as zeros and are left out.
+    """
+    import copy
+
+    s, d = copy.deepcopy(src), copy.deepcopy(dst)
+    with torch.no_grad():
+        for name, p in s.named_parameters():
+            p.copy_(tensors[name].to(p.device, p.dtype) if name in tensors else torch.zeros_like(p))
+    with warnings.catch_warnings():  # the weights' own transfer warned already
+        warnings.simplefilter("ignore")
+        transfer_weights(s, d, strategy, family, lam, direction, coefficient_policy="keep")
+    return {name: p.detach().clone() for name, p in d.named_parameters() if name in tensors}
+
+
 class _Mover:
     """The per-tensor rules of the module docstring for one transfer."""
 

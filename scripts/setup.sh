@@ -18,10 +18,43 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv" >&2
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import mres, torch, torchvision, pytest" >/dev/null 2>&1 || [ pyproject.toml -nt .venv/.mres-installed ]; then
-  echo "setup: installing mres and its dependencies into .venv (torch is several GB the first time)" >&2
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[dev]'
-  touch .venv/.mres-installed
+# Dependencies are pinned to the releases the tests passed with (constraints.txt), so a new upstream
+# release cannot change results unnoticed; MRES_UNPINNED=1 installs the newest allowed instead.
+MARKER=.venv/.mres-installed
+if [ "${MRES_UNPINNED:-0}" = 1 ]; then MODE=unpinned; else MODE=pinned; fi
+pins_match() {  # installed versions vs constraints.txt (exact pins, local labels like +cu130 ignored)
+  .venv/bin/python - <<'EOF'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+bad = []
+for line in open("constraints.txt"):
+    line = line.split("#")[0].strip()
+    if not line:
+        continue
+    name, want = (s.strip() for s in line.split("=="))
+    try:
+        have = version(name).split("+")[0]
+    except PackageNotFoundError:
+        have = "not installed"
+    if have != want:
+        bad.append(f"{name} {have} (pinned {want})")
+if bad:
+    print("setup: differs from constraints.txt: " + ", ".join(bad), file=sys.stderr)
+sys.exit(1 if bad else 0)
+EOF
+}
+if ! .venv/bin/python -c "import mres, torch, torchvision, pytest" >/dev/null 2>&1 || [ ! -e "$MARKER" ] \
+   || [ pyproject.toml -nt "$MARKER" ] || [ constraints.txt -nt "$MARKER" ] \
+   || [ "$(cat "$MARKER" 2>/dev/null)" != "$MODE" ] || { [ "$MODE" = pinned ] && ! pins_match 2>/dev/null; }; then
+  echo "setup: installing mres and its dependencies into .venv ($MODE; torch is several GB the first time)" >&2
+  if [ "$MODE" = pinned ]; then
+    .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+    pins_match || { echo "setup: error: .venv does not match constraints.txt (see above)" >&2; exit 1; }
+  else
+    echo "setup: MRES_UNPINNED=1: newest releases allowed by pyproject.toml, not the tested ones" >&2
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+  fi
+  echo "$MODE" > "$MARKER"
 fi
 echo "setup: ready (.venv/bin/mres)" >&2

@@ -22,7 +22,7 @@ def tiny_recipe(**kw):
 def test_two_grid_run_writes_summary_and_report(tmp_path):
     summary = run_coarse_to_fine(tiny_recipe(), tmp_path, progress=False)
     labels = list(summary["strategies"])
-    assert labels == ["fresh", "transfer", "galerkin", "galerkin-reg(lam=0.1)", "galerkin-reg(lam=10)"]
+    assert labels == ["fresh", "fine-only", "transfer", "galerkin", "galerkin-reg(lam=0.1)", "galerkin-reg(lam=10)"]
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     for s in on_disk["strategies"].values():
         for key in ("acc_at_transfer", "acc_after_first_epoch", "acc_final", "seconds"):

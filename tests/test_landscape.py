@@ -291,7 +291,7 @@ def test_cli_landscape_end_to_end_and_errors(tmp_path, run_cli):
                          (("a.pt", "--grid", "5by3"), "--grid"),
                          (("a.pt", "--range", "2:1"), "--range"),
                          (("a.pt", "--dim", "3"), "--dim"),
-                         (("a.pt", "b.pt", "--between", "a.pt", "b.pt"), "not both")):
+                         (("a.pt", "b.pt", "--between", "a.pt", "b.pt"), "--between takes two checkpoints")):
         code, out, err = run_cli(tmp_path, "landscape", *args, "--out", "bad")
         assert code == 2 and needle in err, err
 

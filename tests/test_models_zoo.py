@@ -226,7 +226,8 @@ def test_malformed_names_give_readable_value_errors(bad):
 def test_options_are_validated():
     assert check_model("poly-g4", {"pi": "pi3"}, [32])[0][0] == "model.pi"
     assert check_model("mgnet[2,2]-[8]", {"smoothing": "fancy"}, [32])[0][0] == "model.smoothing"
-    assert check_model("resnet18", {"widths": [8]}, [32]) == [("model.widths", "unknown key")]
+    assert check_model("resnet18", {"widths": [8]}, [32]) == [
+        ("model.widths", "unknown key (allowed for this model: name, width_scale)")]
     assert check_model("poly-g4", {}, [28])[0][0] == "resolution"  # four levels: multiples of 8
 
 

@@ -10,13 +10,15 @@ only with ``--debug``.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from ..errors import UserError
+from ..errors import Interrupted, RunFailure, UserError, first_line
 
 try:  # typer >= 0.26 vendors click; older typers depend on it
     from typer._click.exceptions import ClickException as _ClickException
@@ -36,8 +38,31 @@ _state = {"debug": False}
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
-    _state["debug"] = debug
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (before or after the "
+                                                               "command: mres train --debug …).")) -> None:
+    _state["debug"] = debug or _state["debug"]
+
+
+def _hide_flag_types() -> None:
+    """typer's rich help prints boolean flags as ``--quiet <bool>``; a flag takes no value, so show none."""
+    try:
+        from typer.core import TyperOption
+    except ImportError:  # pragma: no cover
+        return
+    original = getattr(TyperOption, "display_type_rich", None)
+    if original is None or getattr(original, "_mres_flag_aware", False):
+        return
+
+    def display_type_rich(self, ctx):
+        if getattr(self, "is_flag", False):
+            return None
+        return original(self, ctx)
+
+    display_type_rich._mres_flag_aware = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich
+
+
+_hide_flag_types()
 
 
 for _mod in ("train_cmds", "c2f_cmds", "zoo_cmds", "analysis_cmds"):
@@ -48,30 +73,71 @@ for _mod in ("train_cmds", "c2f_cmds", "zoo_cmds", "analysis_cmds"):
             raise
 
 
+def _split_debug(args: list[str]) -> tuple[list[str], bool]:
+    """Remove ``--debug`` wherever it stands (before ``--``): ``mres --debug train`` = ``mres train --debug``."""
+    end = args.index("--") if "--" in args else len(args)
+    head = [a for a in args[:end] if a != "--debug"]
+    return head + args[end:], len(head) != end
+
+
+def _error(message: str, code: int, prefix: str = "error:") -> None:
+    """One line on stderr (user text escaped: rich would eat ``[best]`` as markup) and exit."""
+    err_console.print(f"[bold red]{prefix}[/] {escape(message)}" if prefix else escape(message),
+                      highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def _no_space_message(exc: OSError) -> str:
+    """``no space left on DIR …`` (mres' own message), or the OS's reason with the file it was writing."""
+    msg = exc.strerror or first_line(exc)
+    if exc.filename and str(exc.filename) not in msg and not msg.startswith("no space left on "):
+        msg = f"{msg} (writing {exc.filename})"
+    return msg
+
+
 def main() -> None:
-    debug = "--debug" in sys.argv[1:]
+    args, debug = _split_debug(sys.argv[1:])
+    _state["debug"] = debug
     try:
-        app(standalone_mode=False)
+        # without standalone mode typer *returns* the code of an Exit — Ctrl-C outside a run
+        # loop arrives as Exit(130), a command's `raise typer.Exit(n)` as n
+        rv = app(args=args, prog_name="mres", standalone_mode=False)
+        if isinstance(rv, int) and not isinstance(rv, bool) and rv:
+            if rv == 130:
+                _error("interrupted", 130, prefix="")
+            sys.exit(rv)
     except UserError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _error(str(exc) or first_line(exc), 2)
+    except Interrupted as exc:
+        if debug:
+            raise
+        _error(first_line(exc), 130, prefix="")
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _error("interrupted", 130, prefix="")
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", None)
         if code is None:
             code = getattr(exc, "code", 0)
         sys.exit(code or 0)
     except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(1)
+        _error("aborted", 1, prefix="")
+    except RunFailure as exc:
+        if debug:
+            raise
+        _error(first_line(exc), 1)
     except Exception as exc:  # usage errors and runtime failures
         if isinstance(exc, _ClickException):
             exc.show()
             sys.exit(getattr(exc, "exit_code", 2) or 0)
         if debug:
             raise
-        err_console.print(f"[bold red]failed:[/] {type(exc).__name__}: {exc}  (rerun with --debug for the traceback)",
-                          highlight=False, soft_wrap=True)
-        sys.exit(1)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            _error(_no_space_message(exc), 1)
+        what = first_line(exc)
+        what = what if what == type(exc).__name__ else f"{type(exc).__name__}: {what}"
+        _error(f"{what}  (rerun with --debug for the traceback)", 1, prefix="failed:")
     sys.exit(0)

@@ -6,7 +6,7 @@ Flag checking only; the work is in ``mres.analysis``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import typer
 
@@ -35,16 +35,20 @@ def _split_labels(labels: Optional[str], n: int) -> Optional[list[str]]:
 
 @app.command("landscape")
 def landscape_cmd(
-    ckpts: Optional[List[Path]] = typer.Argument(None, help="Checkpoints (or run directories) of one architecture."),
+    ckpts: Optional[List[Path]] = typer.Argument(None, help="Checkpoints (or run directories) of one architecture; "
+                                                            "with --between exactly two, A and B."),
     out: Path = typer.Option(Path("landscape"), "--out", "-o", help="Output directory (a rerun there resumes)."),
-    grid: str = typer.Option("31x31", "--grid", help="Grid points: NxM, or N for N×N (N points with --dim 1)."),
+    grid: Optional[str] = typer.Option(None, "--grid",
+                                       help="Grid points: NxM, or N for N×N; N points on a line with --dim 1 or "
+                                            "--between (default 31x31, 1-D: 31)."),
     range_: Optional[str] = typer.Option(None, "--range",
                                          help="LO:HI along direction 1 (default -1:1; -0.5:1.5 with --between)."),
     yrange: Optional[str] = typer.Option(None, "--yrange", help="LO:HI along direction 2 (default: --range)."),
     dim: Optional[int] = typer.Option(None, "--dim", help="1 or 2 random directions (default 2)."),
-    between: Optional[Tuple[Path, Path]] = typer.Option(None, "--between",
-                                                        help="Interpolate from checkpoint A to B: --between A.pt B.pt"),
-    samples: int = typer.Option(1000, "--samples", help="Size of the fixed evaluation subset."),
+    between: bool = typer.Option(False, "--between",
+                                 help="1-D interpolation from the first checkpoint A to the second B: "
+                                      "--between A.pt B.pt (BN buffers too)."),
+    samples: int = typer.Option(1000, "--samples", help="Number of evaluation images (a fixed random subset)."),
     split: str = typer.Option("train", "--split", help="train or test"),
     chunk: int = typer.Option(8, "--chunk", help="Grid points per batched (vmap) forward."),
     batch: Optional[int] = typer.Option(None, "--batch", help="Samples per forward (default: by device and chunk)."),
@@ -64,13 +68,13 @@ def landscape_cmd(
     from .. import analysis as an
 
     # --- flags -------------------------------------------------------------------------
-    if between is not None and (between[0] is None or between[1] is None):
-        between = None
-    if between is not None and ckpts:
-        raise UserError("give either checkpoints or --between A B, not both")
-    if between is None and not ckpts:
+    if between and len(ckpts or []) != 2:
+        got = ", ".join(map(str, ckpts or [])) or "none"
+        raise UserError(f"--between takes two checkpoints, A and B (mres landscape --between A.pt B.pt); "
+                        f"got {len(ckpts or [])}: {got}")
+    if not ckpts:
         raise UserError("no checkpoints given (mres landscape CKPT [CKPT ...] or --between A B)")
-    mode = "between" if between is not None else None
+    mode = "between" if between else None
     if dim is None:
         dim = 1 if mode else 2
     if dim not in (1, 2):
@@ -88,7 +92,7 @@ def landscape_cmd(
         raise UserError(f"--samples {samples}: expected a positive integer")
     if batch is not None and batch < 1:
         raise UserError(f"--batch {batch}: expected a positive integer")
-    sizes = an.parse_grid(grid, dim)
+    sizes = an.parse_grid(grid if grid is not None else ("31x31" if dim == 2 else "31"), dim)
     xr = an.parse_range(range_ if range_ is not None else ("-0.5:1.5" if mode == "between" else "-1:1"))
     yr = an.parse_range(yrange, "--yrange") if yrange is not None else xr
     if dim == 1 and yrange is not None:
@@ -98,14 +102,14 @@ def landscape_cmd(
         raise UserError(f"--split {split!r}: expected train or test")
     dev = an.select_device(device)
 
-    paths = list(between) if mode == "between" else list(ckpts or [])
+    paths = list(ckpts)
     _, figures = an.run_landscape(an.LandscapeRequest(
         paths=paths, out=out, mode=mode, sizes=sizes, xrange=xr, yrange=yr if dim == 2 else None,
         samples=samples, split=split, chunk=chunk, batch=batch, method=method, device=dev, seed=seed,
         data_seed=data_seed, directions=directions, labels=_split_labels(labels, len(paths)), vmax=vmax, log=log,
         progress=not quiet))
-    an.console.print(f"data: {out / 'landscape.npz'}")
-    an.console.print("figures: " + ", ".join(str(p) for p in figures if p.suffix == ".png"))
+    an.console.print(f"data: {out / 'landscape.npz'}", markup=False)
+    an.console.print("figures: " + ", ".join(str(p) for p in figures if p.suffix == ".png"), markup=False)
 
 
 # ------------------------------------------------------------------------------ features
@@ -113,7 +117,10 @@ def landscape_cmd(
 @app.command("features")
 def features_cmd(
     ckpts: List[Path] = typer.Argument(..., help="Checkpoints (or run directories), one figure row each."),
-    samples: str = typer.Option("0,1", "--samples", help="Indices of the inputs in the evaluation subset."),
+    inputs: Optional[str] = typer.Option(None, "--inputs",
+                                         help="Indices of the input images in the split, e.g. 0,1 (default 0,1)."),
+    samples: Optional[str] = typer.Option(None, "--samples", hidden=True,
+                                          help="Deprecated name of --inputs (elsewhere --samples is a count)."),
     channels: str = typer.Option("0", "--channels", help="Channels to show at every stage, e.g. 0,3."),
     out: Path = typer.Option(Path("features"), "--out", "-o", help="Output directory."),
     split: str = typer.Option("test", "--split", help="train or test"),
@@ -126,7 +133,15 @@ def features_cmd(
 
     if split not in ("train", "test"):
         raise UserError(f"--split {split!r}: expected train or test")
-    paths = an.run_features(list(ckpts), out, parse_int_list(samples, "--samples"),
+    if samples is not None:
+        if inputs is not None:
+            raise UserError("--samples is the old name of --inputs; give only --inputs")
+        an.console.print("note: `mres features --samples` is now --inputs (indices of the input images)",
+                         markup=False, highlight=False)
+    flag = "--samples" if samples is not None else "--inputs"
+    inputs = samples if samples is not None else (inputs if inputs is not None else "0,1")
+    paths = an.run_features(list(ckpts), out, parse_int_list(inputs, flag),
                             parse_int_list(channels, "--channels"), split=split, data_seed=data_seed,
-                            labels=_split_labels(labels, len(ckpts)), device=an.select_device(device))
-    an.console.print("figures: " + ", ".join(str(p) for p in paths))
+                            labels=_split_labels(labels, len(ckpts)), device=an.select_device(device),
+                            samples_key=flag)
+    an.console.print("figures: " + ", ".join(str(p) for p in paths), markup=False)

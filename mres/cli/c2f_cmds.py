@@ -28,7 +28,7 @@ def coarse_to_fine_cmd(
 
     rec, run_dir = recipe_and_run_dir(recipe, out, set_, resume, CoarseToFineRecipe, "coarse-to-fine")
     summary = run_coarse_to_fine(rec, run_dir, progress=not quiet)
-    if rec.analysis.landscape or rec.analysis.features:
+    if rec.analysis.landscape or rec.analysis.features:  # what exists is analysed (skipped variants have none)
         from ..analysis import analyse_coarse_to_fine
 
         analyse_coarse_to_fine(rec, run_dir, progress=not quiet)
@@ -36,25 +36,61 @@ def coarse_to_fine_cmd(
 
         write_report(run_dir)
     print_summary(summary)
-    console.print(f"report: [bold]{run_dir / 'report.md'}[/] (+ report.html, summary.json, figures/)")
+    from rich.markup import escape
+
+    console.print(f"report: [bold]{escape(str(run_dir / 'report.md'))}[/] (+ report.html, summary.json, figures/)")
 
 
 def print_summary(summary: dict) -> None:
     from rich.markup import escape
 
     from ..report import _ms
+    from ..stats import significance_mark
 
     res = summary["resolutions"]
-    table = Table(box=box.SIMPLE_HEAD, caption="start: right after the transfer; epoch 1: after the first fine "
-                  "epoch; time s: wall seconds, coarse phases + transfer + fine; div.: diverged trials", title=f"coarse-to-fine {' → '.join(map(str, res))}: test accuracy % (mean ± std over "
-                        f"{summary['trials']} trials)")
+    base = summary.get("baseline")
+    st = summary.get("statistics") or {}
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, caption="start: right after the transfer; epoch 1: after the first fine "
+                  "epoch (means); final: mean ± std; time s: training seconds counted for time to accuracy (coarse + transfer + fine, "
+                  f"evaluation excluded); *: paired t-test p < 0.05 against {base or 'the baseline'}; div/col: "
+                  "diverged / collapsed trials",
+                  title=f"coarse-to-fine {' → '.join(map(str, res))}: test accuracy % over {summary['trials']} "
+                        "trial(s)")
     table.add_column("strategy", no_wrap=True)
-    for col in ("start", "epoch 1", "final", "time s", "div."):
+    for col in ("start", "ep. 1", "final", "95% CI", "time s", "div/col"):
         table.add_column(col, justify="right", no_wrap=True)
     for label, s in summary["strategies"].items():
-        table.add_row(escape(label), _ms(s["acc_at_transfer"]), _ms(s["acc_after_first_epoch"]), _ms(s["acc_final"]),
-                      _ms(s["seconds"], pct=False), f"{sum(s['diverged'])}/{len(s['diverged'])}")
+        a = (st.get(label) or {}).get("acc_final") or {}
+        ci = "—" if not a.get("ci") else "–".join(f"{min(100.0, max(0.0, c * 100)):.1f}" for c in a["ci"])
+        mark = significance_mark(((st.get(label) or {}).get("vs") or {}).get(base))
+        table.add_row(escape(label), _mean(s["acc_at_transfer"], 100), _mean(s["acc_after_first_epoch"], 100),
+                      _ms(s["acc_final"]) + mark, ci, _mean(s.get("train_seconds", s["seconds"]), 1),
+                      f"{sum(s['diverged'])}/{sum(s.get('collapsed') or [])}")
     console.print(table)
+    tt = summary.get("time_to_accuracy") or {}
+    if tt.get("levels"):
+        t2 = Table(box=box.SIMPLE_HEAD, title=f"training seconds to reach the test accuracy of {tt['baseline']} "
+                   "(finest grid, epoch granularity) and speedup over it")
+        t2.add_column("strategy", no_wrap=True)
+        for a in tt["levels"]:
+            t2.add_column(f"{a * 100:.1f} %", justify="right", no_wrap=True)
+        for label, levels in tt["variants"].items():
+            cells = []
+            for lv in levels:
+                if not lv["reached"]:
+                    cells.append("—")
+                else:
+                    sp = f" ({lv['speedup']:.2f}×)" if lv.get("speedup") else ""
+                    cells.append(f"{lv['mean_seconds']:.0f} s{sp}")
+            t2.add_row(escape(label), *cells)
+        console.print(t2)
+    if summary["trials"] < 2:
+        console.print("one trial: differences are anecdotes, not findings (use --set trials=3 for paired tests)")
+
+
+def _mean(values: list, scale: float) -> str:
+    vals = [v for v in values if v is not None]
+    return f"{sum(vals) / len(vals) * scale:.1f}" if vals else "—"
 
 
 @app.command("report")
@@ -64,23 +100,35 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="A coarse-to-fine run di
 
     from ..report import write_report
 
+    from rich.markup import escape
+
     path = write_report(run_dir)
     print_summary(json.loads((run_dir / "summary.json").read_text()))
-    console.print(f"report: [bold]{path}[/]")
+    console.print(f"report: [bold]{escape(str(path))}[/]")
 
 
 @app.command("transfer")
 def transfer_cmd(
     ckpt: Path = typer.Argument(..., help="Checkpoint to move to the other grid."),
     to: str = typer.Option(..., "--to", help="fine (2× resolution) or coarse (½ resolution)."),
-    strategy: str = typer.Option("galerkin", "--strategy", help="transfer, galerkin, galerkin-reg (or dilate)."),
-    family: str = typer.Option("average-bilinear", "--family", help="Operator family of R and P."),
-    lam: float = typer.Option(0.0, "--lam", help="galerkin-reg regularisation weight."),
+    strategy: str = typer.Option("galerkin", "--strategy",
+                                 help="transfer (copy), galerkin, galerkin-reg, or dilate (reference: doubled "
+                                      "dilation, --to fine only)."),
+    family: str = typer.Option("average-bilinear", "--family",
+                               help="Operator family of R and P: average-constant, average-bilinear, "
+                                    "fullweighting-linear."),
+    lam: Optional[float] = typer.Option(None, "--lam",
+                                        help="λ of galerkin-reg (default 0.1, as the recipe's lams); with galerkin "
+                                             "it only affects kernels larger than 3×3 (default 0)."),
     policy: str = typer.Option("keep", "--coefficient-policy", help="Polynomial coefficients: keep, rescale, respectral."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the new checkpoint."),
     samples: int = typer.Option(256, help="Test images for the function-preservation check (0 = skip)."),
 ) -> None:
     """Move a checkpoint's weights to the fine or the coarse grid and print the diagnostics."""
+    import math
+
+    from rich.markup import escape
+
     from ..checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
     from ..grids import FAMILIES
     from ..models import build_model
@@ -93,8 +141,13 @@ def transfer_cmd(
         raise UserError(f"--strategy {strategy!r}: allowed {', '.join(allowed)}")
     if family not in FAMILIES:
         raise UserError(f"--family {family!r}: allowed {', '.join(FAMILIES)}")
-    if lam < 0:
-        raise UserError(f"--lam {lam}: must be >= 0")
+    if lam is not None and strategy not in ("galerkin", "galerkin-reg"):
+        raise UserError(f"--lam {lam:g} does not apply to --strategy {strategy} (only to galerkin-reg, and to "
+                        "galerkin for kernels larger than 3×3)")
+    if lam is None:
+        lam = 0.1 if strategy == "galerkin-reg" else 0.0
+    if not (lam >= 0 and math.isfinite(lam)):
+        raise UserError(f"--lam {lam}: must be a finite number >= 0")
     if policy not in COEFFICIENT_POLICIES:
         raise UserError(f"--coefficient-policy {policy!r}: allowed {', '.join(COEFFICIENT_POLICIES)}")
     c = load_checkpoint(ckpt)
@@ -121,13 +174,14 @@ def transfer_cmd(
                                          "family": family, "lam": lam,
                                          "coefficient_policy": policy}})
     save_checkpoint(out, payload)
-    table = Table(title=f"{arch['name']}: {res}×{res} → {new_res}×{new_res} ({strategy}, {family}, lam={lam:g})")
+    lam_s = f", lam={lam:g}" if strategy == "galerkin-reg" or lam else ""
+    table = Table(title=escape(f"{arch['name']}: {res}×{res} → {new_res}×{new_res} ({strategy}, {family}{lam_s})"))
     for col in ("tensor", "kind", "‖before‖", "‖after‖", "growth", "Galerkin residual"):
         table.add_column(col, justify="right")
     for d in diags:
         if d.kind in ("bn", "buffer") or d.name.endswith(("running_mean", "running_var", "num_batches_tracked")):
             continue
-        table.add_row(d.name, d.kind, f"{d.norm_before:.4g}", f"{d.norm_after:.4g}", f"{d.growth:.3f}",
+        table.add_row(escape(d.name), escape(d.kind), f"{d.norm_before:.4g}", f"{d.norm_after:.4g}", f"{d.growth:.3f}",
                       "—" if d.galerkin_residual is None else f"{d.galerkin_residual:.2e}")
     console.print(table)
     if samples > 0 and "recipe" in c:
@@ -136,11 +190,14 @@ def transfer_cmd(
         try:
             x, _ = load_eval_subset(c["recipe"]["dataset"], "test", samples, max(res, new_res))
         except UserError as exc:
-            console.print(f"[yellow]function-preservation check skipped:[/] {exc}")
+            console.print(f"[yellow]function-preservation check skipped:[/] {escape(str(exc))}")
         else:
             coarse_m, fine_m = (src, dst) if to == "fine" else (dst, src)
             fp = function_preservation(coarse_m, fine_m, x, family)
             stages = ", ".join(f"{k} {v:.3f}" for k, v in fp["stages"].items())
             console.print(f"function preservation on {len(x)} test images: logits rel. error {fp['logits']:.4f}, "
                           f"same prediction {fp['agreement']:.1%}" + (f"; stages: {stages}" if stages else ""))
-    console.print(f"wrote [bold]{out}[/] (resolution {new_res})")
+    console.print(f"wrote [bold]{escape(str(out))}[/] (resolution {new_res})")
+    if strategy == "dilate":
+        console.print("[yellow]note:[/] the doubled dilation is not part of a checkpoint: the file holds the coarse "
+                      "kernels in a plain fine model (use dilate for the function-preservation check above)")

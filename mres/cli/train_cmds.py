@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import UserError
@@ -39,15 +40,45 @@ def resolve_recipe_path(recipe: Optional[Path]) -> Optional[Path]:
 
 def recipe_and_run_dir(recipe: Optional[Path], out: Optional[Path], overrides: Optional[List[str]],
                        resume: Optional[Path], kind: type, default_name: str):
-    """The validated recipe and run directory of a job: a new run, or ``--resume RUN_DIR``."""
+    """The validated recipe and run directory of a job: a new run, or ``--resume RUN_DIR``.
+
+    A run needs ``--recipe``, ``--resume`` or at least one ``--set`` (a bare ``mres train`` would
+    silently start the full default job); ``--resume`` takes the run's own recipe.yaml, so it
+    cannot be combined with ``--recipe`` (``--set`` still applies).
+    """
     from ..recipe import load_recipe
 
     if resume is not None:
+        if recipe is not None:
+            raise UserError(f"--resume {resume} and --recipe {recipe} do not combine: a resumed run continues with "
+                            f"its own {resume / 'recipe.yaml'}; drop --recipe (--set key=value still applies), "
+                            "or start a new run with --recipe and no --resume")
         if not (resume / "recipe.yaml").exists():
             raise UserError(f"--resume {resume}: no recipe.yaml there (not an mres run directory)")
         return load_recipe(resume / "recipe.yaml", overrides or [], kind), resume
+    if recipe is None and not overrides:
+        raise UserError(f"nothing to run: give --recipe FILE or the name of a bundled recipe (`mres recipes` lists "
+                        f"them), --resume RUN_DIR, or --set key=value to run on the defaults "
+                        f"(e.g. mres {default_name} --recipe {_example_recipe(default_name)})")
     path = resolve_recipe_path(recipe)
-    return load_recipe(path, overrides or [], kind), out or default_run_dir(path, default_name)
+    rec = load_recipe(path, overrides or [], kind)
+    if path is None:
+        console.print(f"no --recipe: defaults + --set {' '.join(overrides or [])} → {describe(rec)}",
+                      markup=False, highlight=False, soft_wrap=True)
+    return rec, out or default_run_dir(path, default_name)
+
+
+def _example_recipe(command: str) -> str:
+    return "c2f_cnn_fashion" if command == "coarse-to-fine" else "cnn_fashion"
+
+
+def describe(rec) -> str:
+    """One line saying what a recipe will run (printed when no --recipe was given)."""
+    data = f"{rec.model.name} on {rec.dataset.name}"
+    if hasattr(rec, "resolutions"):
+        return f"{data}, grids {' → '.join(map(str, rec.resolutions))}, strategies {', '.join(rec.strategies)}"
+    n = rec.train.epochs
+    return f"{data} at {rec.resolution}×{rec.resolution}, {n} epoch{'' if n == 1 else 's'}"
 
 
 @app.command("train")
@@ -63,13 +94,13 @@ def train_cmd(
     from ..train import train_job
 
     rec, run_dir = recipe_and_run_dir(recipe, out, set_, resume, TrainRecipe, "train")
-    console.print(f"run directory: [bold]{run_dir}[/]")
+    console.print(f"run directory: [bold]{escape(str(run_dir))}[/]")
     result = train_job(rec, run_dir, resume=resume is not None, progress=not quiet)
     m = result["metrics"]
     if not m:
         console.print("no epochs run (train.epochs = 0)")
         return
-    table = Table(title=f"{rec.model.name} on {rec.dataset.name} at {rec.resolution}×{rec.resolution}")
+    table = Table(title=escape(f"{rec.model.name} on {rec.dataset.name} at {rec.resolution}×{rec.resolution}"))
     for col in ("epoch", "train loss", "train acc", "test loss", "test acc", "seconds"):
         table.add_column(col, justify="right")
     for r in m:
@@ -77,7 +108,7 @@ def train_cmd(
                       f"{r['test_acc']:.2%}", f"{r['seconds']:.1f}")
     console.print(table)
     console.print(f"test accuracy: [bold]{m[-1]['test_acc']:.2%}[/]  (wall time {result['seconds']:.1f} s; "
-                  f"checkpoint {result['checkpoint']})")
+                  f"checkpoint {escape(str(result['checkpoint']))})")
 
 
 @app.command("evaluate")
@@ -105,7 +136,8 @@ def evaluate_cmd(
     model = model_from_checkpoint(c).to(dev)
     x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
     loss, acc = evaluate(model, x, y)
-    console.print(f"{ckpt}: {split} loss {loss:.4f}, accuracy [bold]{acc:.2%}[/] on {len(y)} images at {res}×{res}")
+    console.print(f"{escape(str(ckpt))}: {split} loss {loss:.4f}, accuracy [bold]{acc:.2%}[/] on {len(y)} images "
+                  f"at {res}×{res}")
 
 
 @app.command("datasets")
@@ -137,14 +169,14 @@ def datasets_cmd(
         except OSError as exc:
             raise UserError(f"--sample-cifar {sample_cifar}: {exc.strerror or exc}") from None
         console.print(f"wrote {n_train} + {n_test} synthetic CIFAR-10 images to {folder}; "
-                      f"use --set dataset.data_root={sample_cifar}")
+                      f"use --set dataset.data_root={sample_cifar}", markup=False, highlight=False)
         return
 
     table = Table(title="datasets")
     for col in ("name", "available", "where", "how to get it"):
         table.add_column(col)
     for r in dataset_status():
-        table.add_row(r["name"], r["available"], r["where"], r["how"])
+        table.add_row(*(escape(str(r[k])) for k in ("name", "available", "where", "how")))
     console.print(table)
 
 
@@ -152,10 +184,10 @@ def datasets_cmd(
 def recipes_cmd() -> None:
     """The bundled recipes."""
 
-    table = Table(title=f"bundled recipes ({RECIPES_DIR})")
+    table = Table(title=escape(f"bundled recipes ({RECIPES_DIR})"))
     table.add_column("recipe")
     table.add_column("what")
     for p in sorted(RECIPES_DIR.glob("*.yaml")):
         first = p.read_text().splitlines()[0] if p.read_text() else ""
-        table.add_row(p.name, first.lstrip("# ").strip())
+        table.add_row(escape(p.name), escape(first.lstrip("# ").strip()))
     console.print(table)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import UserError
@@ -41,19 +42,20 @@ def params_cmd(
             ref_s = f"{int(ref):,}"
         diff = "–" if r["diff_pct"] is None else f"{r['diff_pct']:+.3f}"
         model = r["model"] + "".join(f"\n  {k}={v}" for k, v in r["options"].items())
-        table.add_row(model, f"{r['ours']:,}", ref_s, diff, r["source"])
+        table.add_row(escape(model), f"{r['ours']:,}", ref_s, diff, escape(r["source"]))
     console.print(table)
     for r in rows:
         if r["note"] and r["diff_pct"] is not None:
-            console.print(f"{r['model']}: {r['note']}", highlight=False)
+            console.print(f"{r['model']}: {r['note']}", highlight=False, markup=False)
 
 
 @app.command("spectrum")
 def spectrum_cmd(
     ckpt: Path = typer.Argument(..., help="Checkpoint file (or run directory)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the figures (default: <ckpt dir>/spectrum)."),
-    grid: Optional[int] = typer.Option(None, "--grid", "-n", min=1,
-                                       help="Input grid size n; level ℓ uses n/2^(ℓ−1) (default: the checkpoint's)."),
+    grid: Optional[str] = typer.Option(None, "--grid", "-n",
+                                       help="Input grid N or NxN (square, periodic; as `mres landscape --grid`); level ℓ "
+                                            "uses N/2^(ℓ−1) (default: the checkpoint's resolution)."),
 ) -> None:
     """Spectrum of every level's A (periodic grid) with the smoothing polynomial's roots."""
     from ..checkpoint import load_checkpoint, model_from_checkpoint
@@ -63,9 +65,9 @@ def spectrum_cmd(
     model = model_from_checkpoint(data)
     if not callable(getattr(model, "smoothing_levels", None)):
         raise UserError(f"{ckpt}: model {data['arch']['name']!r} is no MgNet or Poly-MgNet (no shared operator A)")
-    n = grid or int(data["resolution"])
+    n = _square_grid(grid) if grid is not None else int(data["resolution"])
     folder = out or ((ckpt if ckpt.is_dir() else ckpt.parent) / "spectrum")
-    table = Table(title=f"spectrum of A: {data['arch']['name']} on a {n}×{n} periodic grid")
+    table = Table(title=escape(f"spectrum of A: {data['arch']['name']} on a {n}×{n} periodic grid"))
     for col in ("level", "grid", "C", "Re λ min", "Re λ max", "Im λ max", "roots", "max |q(λ)|", "figure"):
         table.add_column(col, justify="right" if col not in ("roots", "figure") else "left")
     for info in model.smoothing_levels():
@@ -80,8 +82,19 @@ def spectrum_cmd(
         else:
             qmax, roots_s = "–", "–"
         table.add_row(str(info.level), f"{side}×{side}", str(info.A.weight.shape[0]), f"{eigs.real.min().item():.3g}",
-                      f"{eigs.real.max().item():.3g}", f"{eigs.imag.max().item():.3g}", roots_s, qmax, str(path))
+                      f"{eigs.real.max().item():.3g}", f"{eigs.imag.max().item():.3g}", roots_s, qmax,
+                      escape(str(path)))
     console.print(table)
+
+
+def _square_grid(text: str) -> int:
+    """``--grid`` of ``mres spectrum``: N or NxN with the parser of ``mres landscape --grid`` (square only)."""
+    from ..analysis import parse_grid
+
+    nx, ny = parse_grid(text, 2)
+    if nx != ny:
+        raise UserError(f"--grid {text!r}: the spectrum is of a square periodic grid; give N or NxN (e.g. 32 or 32x32)")
+    return nx
 
 
 def _fmt_complex(z: complex) -> str:

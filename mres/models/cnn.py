@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import Field
 
 from .registry import ModelFamily, ModelOptions, register_family
 
@@ -40,10 +41,10 @@ class GridLinear(nn.Linear):
 
 class CNNOptions(ModelOptions):
     pool: bool = False
-    width1: int = 32
-    width2: int = 64
+    width1: int = Field(32, ge=1)  # channels of conv1
+    width2: int = Field(64, ge=1)  # channels of conv2
     classifier_init: Literal["normal", "dct-smooth"] = "normal"  # thesis §3.2.1
-    smooth_classifier: float = 0.0  # weight α of the finite-difference penalty on class images (0 = off)
+    smooth_classifier: float = Field(0.0, ge=0, allow_inf_nan=False)  # weight α of the finite-difference penalty on class images (0 = off)
 
 
 class ThesisCNN(nn.Module):

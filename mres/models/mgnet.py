@@ -155,7 +155,7 @@ class MgNetOptions(ModelOptions):
     pi: Literal["pi0", "pi1", "pi2"] = "pi1"  # Π0 = 0, Π1 learned stride-2 conv, Π2 channel-wise (seed 001 §9.1)
     restriction: Literal["dense", "channelwise"] = "dense"  # R: full conv (reference) or grouped conv
     smoothing: Literal["plain", "multistep", "chebyshev-semi"] = "plain"  # seed 001 eqs 6.7 / 6.8 / 6.9
-    width_scale: float = Field(1.0, gt=0)  # every width × factor (Poly-MgNet Fig. 5)
+    width_scale: float = Field(1.0, gt=0, allow_inf_nan=False)  # every width × factor (Poly-MgNet Fig. 5)
 
 
 # --------------------------------------------------------------------------- modules

@@ -114,7 +114,7 @@ def parse_poly_name(name: str) -> PolySpec:
 
 class PolyOptions(ModelOptions):
     widths: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256, 256], min_length=1)
-    width_scale: float = Field(1.0, gt=0)  # Poly-MgNet Fig. 5 channel scaling
+    width_scale: float = Field(1.0, gt=0, allow_inf_nan=False)  # Poly-MgNet Fig. 5 channel scaling
     pi: Literal["pi0", "pi1", "pi2"] = "pi2"  # Π0 = 0, Π1 full conv, Π2 channel-wise (reference)
     restriction: Literal["dense", "channelwise"] = "channelwise"
     coeff_init: Literal["spectral", "uniform-spectrum", "xavier"] = "spectral"

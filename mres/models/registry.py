@@ -80,7 +80,7 @@ def check_model(name: str, options: dict[str, Any], resolutions: list[int]) -> l
     except ValidationError as exc:
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"])
-            problems.append((f"model.{loc}", _pydantic_message(err)))
+            problems.append((f"model.{loc}", _pydantic_message(err, fam.options)))
         return problems
     div = fam.divisor(name, opts)
     for r in resolutions:
@@ -101,10 +101,17 @@ def build_model(name: str, options: dict[str, Any], in_channels: int, num_classe
     return model
 
 
-def _pydantic_message(err: dict[str, Any]) -> str:
+def _pydantic_message(err: dict[str, Any], options: type[ModelOptions]) -> str:
+    """What is wrong, what is allowed and the value given (``model.width1: … ≥ 1 (got -1)``)."""
     if err["type"] == "extra_forbidden":
-        return "unknown key"
-    return err["msg"]
+        allowed = ", ".join(["name", *options.model_fields]) if options.model_fields else "name only"
+        return f"unknown key (allowed for this model: {allowed})"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "literal_error":
+        msg = msg.replace("Input should be", "must be one of")
+    if "input" in err and err["type"] != "missing":
+        msg = f"{msg} (got {err['input']!r})"
+    return msg
 
 
 _loaded = False

@@ -90,7 +90,7 @@ def parse_resnet_name(name: str) -> ResNetSpec:
 
 
 class ResNetOptions(ModelOptions):
-    width_scale: float = Field(1.0, gt=0)
+    width_scale: float = Field(1.0, gt=0, allow_inf_nan=False)
 
 
 class ResBlock(nn.Module):
