@@ -16,8 +16,8 @@ machine's speed hits both fronts alike. The bench prints every (seconds, accurac
 Pareto fronts, T_c2f(a) / T_fine(a) at matched accuracy along the fine-only front (linear between
 front points — an assumption) and, as the headline, that ratio at the fine-only's best accuracy.
 
-    python analysis/bench_c2f.py                    # full sweep, Fashion-MNIST 20k/5k (~35 min, 2 cores)
-    python analysis/bench_c2f.py --quick            # a first look (~8 min)
+    python analysis/bench_c2f.py                    # full sweep, 35 points, Fashion-MNIST 20k/5k (~30 min, 2 cores)
+    python analysis/bench_c2f.py --quick            # a first look (~5 min)
     python analysis/bench_c2f.py --dataset npz --path F.npz
     python analysis/bench_c2f.py --out runs/bench --points run-c8-f1,fo-e6 --trials 3   # resumable
 
@@ -43,6 +43,7 @@ import torch
 
 from mres import tta
 from mres.c2f import CoarseToFine
+from mres.errors import UserError
 from mres.recipe import CoarseToFineRecipe, validate_recipe
 from mres.train import configure_runtime, fit
 from mres.train import console as job_console
@@ -75,8 +76,8 @@ def sweep(args: argparse.Namespace) -> list[Point]:
         c2f.append(Point(name, "c2f", rec, what))
 
     quick = args.quick
-    phase_grid = [(4, 1)] if quick else [(2, 1), (4, 1), (4, 2), (8, 1)]
-    run_grid = [(4, 1), (8, 1)] if quick else [(2, 1), (4, 1), (4, 2), (8, 1), (8, 2), (12, 1)]
+    phase_grid = [(4, 1), (4, 2)] if quick else [(2, 1), (4, 1), (4, 2), (8, 1), (8, 2), (4, 3), (4, 4), (8, 4)]
+    run_grid = [(4, 1), (8, 1)] if quick else [(2, 1), (4, 1), (4, 2), (8, 1), (8, 2), (8, 4), (12, 1), (16, 1)]
     for ce, fe in phase_grid:  # the thesis's way: each phase its own cosine, fine lr 0.02
         add(f"phase-c{ce}-f{fe}", f"{coarse}→{fine} phase-scope c{ce}+f{fe}", epochs_per_grid=[ce, fe],
             schedule_scope="phase", fine={"optimizer": {**OPT, "lr": 0.02}})
@@ -89,12 +90,22 @@ def sweep(args: argparse.Namespace) -> list[Point]:
                 epochs_per_grid=[ce, fe], schedule_scope="run", carry_optimizer=True)
         add(f"run-bs-c{ce}-f{fe}", f"{coarse}→{fine} run-scope + coarse batch ×4 (lr ×4) c{ce}+f{fe}",
             epochs_per_grid=[ce, fe], schedule_scope="run", coarse_batch_scaling=True)
-    for eg in ([[4, 4, 1]] if quick else [[4, 2, 1], [4, 4, 1], [8, 4, 1]]):  # cascades
+    if not quick:  # a warm-up after the transfer (half an epoch, linear)
+        warm = {"schedule": {"name": "cosine", "warmup_epochs": 0.5}}
+        add("phase-warm-c4-f2", f"{coarse}→{fine} phase-scope c4+f2, fine warm-up 0.5 epoch",
+            epochs_per_grid=[4, 2], schedule_scope="phase", fine={"optimizer": {**OPT, "lr": 0.02}, **warm})
+        add("run-warm-c8-f2", f"{coarse}→{fine} run-scope c8+f2, warm-up 0.5 epoch after the transfer",
+            epochs_per_grid=[8, 2], schedule_scope="run", fine=warm)
+    for eg in ([[4, 4, 1]] if quick else [[4, 2, 1], [4, 4, 1], [8, 4, 1], [8, 8, 1]]):  # cascades
         add(f"cascade-{'-'.join(map(str, eg))}", f"{coarser}→{coarse}→{fine} run-scope {eg}",
             resolutions=[coarser, coarse, fine], epochs_per_grid=eg, schedule_scope="run")
-    out: list[Point] = []
-    for i in range(max(len(fo), len(c2f))):
-        out += fo[i:i + 1] + c2f[i:i + 1]
+    for eg in ([] if quick else [[4, 4, 1], [4, 4, 2]]):
+        add(f"cascade-phase-{'-'.join(map(str, eg))}", f"{coarser}→{coarse}→{fine} phase-scope {eg}",
+            resolutions=[coarser, coarse, fine], epochs_per_grid=eg, schedule_scope="phase",
+            fine={"optimizer": {**OPT, "lr": 0.02}})
+    # spread each group evenly over the run (by fractional position), so a drift hits both fronts alike
+    keyed = [((i + 0.5) / len(group), g, p) for g, group in enumerate((fo, c2f)) for i, p in enumerate(group)]
+    out = [p for _, _, p in sorted(keyed, key=lambda t: (t[0], t[1]))]
     if args.points:
         wanted = set(args.points)
         unknown = wanted - {p.name for p in out}
@@ -126,25 +137,37 @@ def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 def run_point(p: Point, base: dict[str, Any], root: Path, session: str) -> None:
     pdir = root / "points" / p.name
     done = pdir / "bench.json"
+    want = merge(base, p.recipe)
+    sessions = [session]
     if done.exists():
         saved = json.loads(done.read_text())
-        if saved["recipe"] == merge(base, p.recipe):
+        if saved["recipe"] == want:
             p.results = saved["results"]
             return
-        shutil.rmtree(pdir)  # the sweep's settings changed: measure again
-    recipe = validate_recipe(merge(base, p.recipe), CoarseToFineRecipe, f"point {p.name}")
-    t0 = time.perf_counter()
-    summary = CoarseToFine(recipe, pdir, progress=False).run()
+        if {**saved["recipe"], "trials": want["trials"]} != want:
+            shutil.rmtree(pdir)  # the sweep's settings changed: measure again
+        else:  # only the number of trials changed: the job keeps the finished trials and adds the rest
+            sessions = sorted(set(_sessions(saved["results"][0])) | {session}) if saved["results"] else sessions
+    try:
+        recipe = validate_recipe(want, CoarseToFineRecipe, f"point {p.name}")
+        t0 = time.perf_counter()
+        summary = CoarseToFine(recipe, pdir, progress=False).run()
+    except UserError as exc:
+        sys.exit(f"error: {exc}")
     for label, s in summary["strategies"].items():
-        acc = [a for a in s["acc_final"] if a is not None]
-        secs = s["train_seconds"]
+        ok = [i for i, a in enumerate(s["acc_final"]) if a is not None]  # trials with a final accuracy
         p.results.append({
-            "strategy": label, "seconds": sum(secs) / len(secs), "acc": sum(acc) / len(acc) if acc else None,
-            "seconds_trials": secs, "acc_trials": s["acc_final"], "collapsed": s["collapsed"],
+            "strategy": label, "seconds": sum(s["train_seconds"][i] for i in ok) / len(ok) if ok else None,
+            "acc": sum(s["acc_final"][i] for i in ok) / len(ok) if ok else None,
+            "seconds_trials": s["train_seconds"], "acc_trials": s["acc_final"], "collapsed": s["collapsed"],
             "coarse_seconds": s["coarse_seconds"], "transfer_seconds": s["transfer_seconds"],
-            "finest_seconds": _finest_seconds(pdir, summary, label), "session": session})
-    done.write_text(json.dumps({"recipe": merge(base, p.recipe), "results": p.results,
+            "finest_seconds": _finest_seconds(pdir, summary, label), "sessions": sessions})
+    done.write_text(json.dumps({"recipe": want, "results": p.results,
                                 "wall": time.perf_counter() - t0}, indent=1))
+
+
+def _sessions(result: dict[str, Any]) -> list[str]:
+    return result.get("sessions") or [result["session"]]  # bench.json of an earlier version: one session
 
 
 def _finest_seconds(pdir: Path, summary: dict[str, Any], label: str) -> list[float]:
@@ -186,7 +209,7 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=None, help="test examples (default 5000; 2000 with --quick)")
     ap.add_argument("--fine", type=int, default=28, help="finest grid (coarse grids: /2, /4)")
     ap.add_argument("--fine-budgets", type=lambda t: [int(x) for x in t.split(",")], default=None,
-                    help="fine-only budgets in epochs (default 1,2,3,4,6; 1,2,4 with --quick)")
+                    help="fine-only budgets in epochs (default 1,2,3,4,6,8; 1,2,4 with --quick)")
     ap.add_argument("--strategies", type=lambda t: t.split(","), default=["transfer"])
     ap.add_argument("--family", default="average-bilinear")
     ap.add_argument("--pool", action="store_true", help="the thesis CNN with its 2×2 average pool")
@@ -200,7 +223,7 @@ def main() -> None:
         ap.error("--dataset npz needs --path F.npz")
     args.n_train = args.n_train or (10000 if args.quick else 20000)
     args.n_test = args.n_test or (2000 if args.quick else 5000)
-    args.fine_budgets = args.fine_budgets or ([1, 2, 4] if args.quick else [1, 2, 3, 4, 6])
+    args.fine_budgets = args.fine_budgets or ([1, 2, 4] if args.quick else [1, 2, 3, 4, 6, 8])
 
     configure_runtime(os.cpu_count())
     root = args.out or Path(tempfile.mkdtemp(prefix="bench_c2f_"))
@@ -225,13 +248,13 @@ def main() -> None:
 
 def report(points: list[Point], args: argparse.Namespace, root: Path, session: str) -> None:
     rows = [(p, r) for p in points for r in p.results if r["acc"] is not None]
-    sessions = sorted({r["session"] for _, r in rows})
+    sessions = sorted({s for _, r in rows for s in _sessions(r)})
     fo = [(r["seconds"], r["acc"]) for p, r in rows if p.front == "fine-only"]
     c2f = [(r["seconds"], r["acc"]) for p, r in rows if p.front == "c2f"]
     print("\nall points (training seconds, final test accuracy; mean over trials):")
     print(f"  {'point':<20}{'strategy':<22}{'seconds':>9}{'acc %':>8}{'finest-grid share':>19}  what")
     for p, r in sorted(rows, key=lambda pr: pr[1]["seconds"]):
-        share = sum(r["finest_seconds"]) / max(1e-9, sum(r["seconds_trials"]))
+        share = sum(r["finest_seconds"]) / max(1e-9, sum(t or 0.0 for t in r["seconds_trials"]))
         col = " collapsed" if any(r["collapsed"]) else ""
         print(f"  {p.name:<20}{r['strategy']:<22}{r['seconds']:9.1f}{r['acc'] * 100:8.2f}{share:19.0%}  {p.what}{col}")
     f_front, c_front = tta.pareto_front(fo), tta.pareto_front(c2f)
@@ -266,10 +289,21 @@ def report(points: list[Point], args: argparse.Namespace, root: Path, session: s
     if args.trials < 2:
         print("note: one trial per point; a ratio near the goal is not a finding until the key points have >= 3 trials")
     png = args.plot or ((args.out / "fronts.png") if args.out else Path("bench_c2f_fronts.png"))
-    plot(rows, f_front, c_front, h, png, args)
+    if f_front and c_front:
+        plot(rows, f_front, c_front, h, png, args)
     (root / "points.json").write_text(json.dumps([{"name": p.name, "front": p.front, "what": p.what, **r}
                                                   for p, r in rows], indent=1))
-    print(f"figure: {png}")
+    print(f"figure: {png}" if f_front and c_front else "no figure: a front is empty")
+
+
+GROUPS = (("fo-", "fine-only", "tab:blue", "o"), ("cascade-phase", "cascade, phase scope", "tab:cyan", "h"), ("phase-warm", "phase + warm-up", "tab:brown", "P"),
+          ("phase-", "phase scope", "tab:orange", "s"), ("run-carry", "run + momentum", "tab:red", "v"),
+          ("run-bs", "run + batch scaling", "tab:purple", "D"), ("run-warm", "run + warm-up", "tab:olive", "X"),
+          ("run-", "run scope", "tab:green", "^"), ("cascade", "cascade 7→14→28", "tab:pink", "*"))
+
+
+def _group(name: str) -> tuple[str, str, str]:
+    return next((label, color, marker) for prefix, label, color, marker in GROUPS if name.startswith(prefix))
 
 
 def plot(rows: list[tuple[Point, dict]], f_front, c_front, h: dict, png: Path, args: argparse.Namespace) -> None:
@@ -278,27 +312,51 @@ def plot(rows: list[tuple[Point, dict]], f_front, c_front, h: dict, png: Path, a
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 6))
-    styles = {"fine-only": ("tab:blue", "o"), "c2f": ("tab:orange", "s")}
-    for front_name, (color, marker) in styles.items():
-        pts = [(r["seconds"], r["acc"], p.name) for p, r in rows if p.front == front_name]
-        ax.scatter([s for s, _, _ in pts], [a * 100 for _, a, _ in pts], color=color, marker=marker, alpha=0.5,
-                   label=f"{front_name} points")
-        for s, a, name in pts:
-            ax.annotate(name, (s, a * 100), fontsize=6, xytext=(3, -8), textcoords="offset points", color=color)
-    for front, (color, _), name in ((f_front, styles["fine-only"], "fine-only front"),
-                                    (c_front, styles["c2f"], "coarse-to-fine front")):
-        ax.plot([s for s, _ in front], [a * 100 for _, a in front], color=color, lw=2, label=name)
-    if h.get("reached"):
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [3, 2]})
+    fronts = {(round(s, 6), round(a, 6)) for s, a in f_front + c_front}
+    lo = min(a for _, a in f_front + c_front) * 100 - 1.0
+    hi = max(a for _, a in f_front + c_front) * 100 + 0.5
+    below = []
+    seen: set[str] = set()
+    for p, r in rows:
+        label, color, marker = _group(p.name)
+        acc = r["acc"] * 100
+        if acc < lo:
+            below.append(f"{p.name} {acc:.1f} %")
+            continue
+        ax.scatter(r["seconds"], acc, color=color, marker=marker, s=40, alpha=0.8,
+                   label=None if label in seen else label)
+        seen.add(label)
+        if (round(r["seconds"], 6), round(r["acc"], 6)) in fronts:
+            ax.annotate(p.name, (r["seconds"], acc), fontsize=7, xytext=(4, -9), textcoords="offset points")
+    for front, color, name in ((f_front, "tab:blue", "fine-only front"), (c_front, "black", "coarse-to-fine front")):
+        ax.plot([s for s, _ in front], [a * 100 for _, a in front], color=color, lw=1.5, label=name)
+    if h.get("accuracy") is not None:
         ax.axhline(h["accuracy"] * 100, color="grey", ls=":", lw=1)
-        ax.annotate(f"ratio {h['ratio']:.2f} at fine-only best", (h["candidate_seconds"], h["accuracy"] * 100),
-                    xytext=(5, 5), textcoords="offset points", fontsize=9)
-    ax.set_xlabel("training seconds (optimizer steps + transfers + BN recalibration; evaluation not counted)")
+    if below:
+        ax.text(0.99, 0.02, "below this axis: " + ", ".join(below), transform=ax.transAxes, ha="right",
+                fontsize=7, color="dimgrey")
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("training seconds (steps + transfers + BN recalibration; evaluation not counted)")
     ax.set_ylabel("final test accuracy %")
-    ax.set_title(f"time to accuracy, {args.dataset} ({args.n_train} train), thesis CNN, finest grid {args.fine}; "
-                 f"{args.trials} trial(s) per point")
+    ax.set_title(f"{args.dataset} ({args.n_train} train), thesis CNN, finest grid {args.fine}; "
+                 f"{args.trials} trial(s) per point", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
+    ratios = tta.matched_ratios([(s, a) for s, a in c_front], f_front)
+    if ratios:
+        ax2.plot([m["accuracy"] * 100 for m in ratios], [m["ratio"] for m in ratios], "o-", color="black")
+    ax2.axhline(0.5, color="tab:red", ls="--", lw=1, label="goal 0.5")
+    ax2.axhline(1.0, color="grey", ls=":", lw=1, label="no saving")
+    if h.get("ratio"):
+        ax2.scatter([(h.get("candidate_best") or h["accuracy"]) * 100], [h["ratio"]], marker="*", s=150,
+                    color="tab:red", zorder=3, label="headline")
+    ax2.set_xlabel("matched test accuracy a %")
+    ax2.set_ylabel("T_c2f(a) / T_fine(a)")
+    ax2.set_ylim(0, 1.3)
+    ax2.set_title("seconds ratio at matched accuracy (c2f front points)", fontsize=10)
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=130)

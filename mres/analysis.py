@@ -340,6 +340,10 @@ def coarse_to_fine_checkpoints(rec: Any, run_dir: Path) -> list[tuple[str, Path]
         slug = Variant(v["strategy"], v["lam"], v["policy"]).slug
         ck = t / slug / f"fine-{res[-1]}" / "checkpoints"
         out += [(f"{slug} start", ck / "start.pt"), (f"{slug} end", ck / "last.pt")]
+    missing = [label for label, p in out if not p.exists()]
+    if missing:  # a skipped or diverged variant has none: analyse what exists, and say so
+        console.print(f"analysis: no checkpoint for {escape(', '.join(missing))} (skipped or diverged); "
+                      "analysing the others")
     return [(label, p) for label, p in out if p.exists()]
 
 

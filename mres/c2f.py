@@ -120,11 +120,12 @@ def plan_phases(recipe: CoarseToFineRecipe, n_available: int) -> list[Phase]:
         block = recipe.coarse if g == 0 else recipe.fine
         subset = recipe.coarse_subset if g == 0 else recipe.fine_subset
         update: dict[str, Any] = {"epochs": epochs}
+        n = min(subset or n_available, n_available)
         if recipe.coarse_batch_scaling and res < finest:
-            k = (finest // res) ** 2
-            update["batch_size"] = block.batch_size * k
-            update["optimizer"] = block.optimizer.model_copy(update={"lr": block.optimizer.lr * k})
-        out.append(Phase(res, block.model_copy(update=update), min(subset or n_available, n_available)))
+            batch = min(block.batch_size * (finest // res) ** 2, n)  # a batch cannot exceed the examples
+            update["batch_size"] = batch
+            update["optimizer"] = block.optimizer.model_copy(update={"lr": block.optimizer.lr * batch / block.batch_size})
+        out.append(Phase(res, block.model_copy(update=update), n))
     return out
 
 
@@ -143,11 +144,16 @@ def lr_plans(phases: list[Phase], scope: str) -> list[LRPlan]:
     return plans
 
 
-def budget_matched_epochs(phases: list[Phase], n_train: int) -> int:
-    """Epochs at the finest grid on ``n_train`` examples with the pixel work of every phase (≥ 1)."""
+def pixel_work(phases: list[Phase]) -> float:
+    """Training passes of every phase in finest-grid images (an image at grid r costs (r/finest)²)."""
     finest = phases[-1].resolution
-    work = sum(p.cfg.epochs * p.n_train * (p.resolution / finest) ** 2 for p in phases)
-    return max(1, round(work / max(1, n_train)))
+    return sum(p.cfg.epochs * p.n_train * (p.resolution / finest) ** 2 for p in phases)
+
+
+def budget_matched_epochs(phases: list[Phase], n_train: int) -> int:
+    """The whole number of epochs at the finest grid on ``n_train`` examples closest to the pixel work
+    of every phase (halves round up; at least 1)."""
+    return max(1, math.floor(pixel_work(phases) / max(1, n_train) + 0.5))
 
 
 # ----------------------------------------------------------------------------- the job
@@ -187,27 +193,32 @@ class CoarseToFine:
         """Train one phase, resumably; returns its result (metrics, seconds, train_seconds, diverged)."""
         result_path = phase_dir / "result.json"
         ckpt = phase_dir / "checkpoints" / "last.pt"
-        if result_path.exists():  # finished before: reuse
+        config = phase_config(cfg, plan)
+        if result_path.exists():  # finished before: reuse, if it was trained as this recipe asks
             result = json.loads(result_path.read_text())
+            _check_phase(phase_dir, result.get("config"), config, finished=True)
             if not result.get("diverged") and ckpt.exists():
                 model.load_state_dict(load_checkpoint(ckpt)["model"])
             return result
         state = load_checkpoint(ckpt) if ckpt.exists() else None
+        if state is not None:
+            _check_phase(phase_dir, state.get("phase_config"), config, finished=False)
         self.current = phase_dir
         diverged = None
         try:
             metrics = fit(model, data, cfg, seed=seed, augment=self.recipe.dataset.augment, ckpt_path=ckpt,
-                          metrics_path=phase_dir / "metrics.jsonl", extra=self._extra(resolution, label),
+                          metrics_path=phase_dir / "metrics.jsonl",
+                          extra={**self._extra(resolution, label), "phase_config": config},
                           resume=state, label=label, eval_train=self.recipe.eval_train, progress=self.progress,
                           lr_plan=plan, momentum=momentum)
         except DivergedError as exc:
             console.print(f"[yellow]diverged:[/] {escape(str(exc))}")
             diverged = {"epoch": exc.epoch, "step": exc.step, "message": str(exc)}
-            last = phase_dir / "metrics.jsonl"
-            metrics = [json.loads(line) for line in last.read_text().splitlines()] if last.exists() else []
+            metrics = [json_safe(m) for m in exc.metrics]
         # seconds are summed over the epochs' rows, which a resumed phase keeps from its checkpoint
         result = {"resolution": resolution, "metrics": metrics, "seconds": sum(m.get("seconds") or 0.0 for m in metrics),
                   "train_seconds": sum(m.get("train_seconds") or 0.0 for m in metrics), "diverged": diverged}
+        result["config"] = config
         if plan is not None:
             result["lr_plan"] = {"offset": plan.offset, "total": plan.total}
         _write_json(result_path, result)
@@ -251,7 +262,8 @@ class CoarseToFine:
         if any(v.strategy == "fine-only" for v in vs):
             console.print(f"fine-only: {fine_only_epochs} epochs at {phases[-1].resolution}×{phases[-1].resolution} "
                           f"on {phases[0].n_train} examples"
-                          + (" (budget-matched to the coarse + fine pixel work)" if r.fine_only.epochs is None else ""))
+                          + (f" (budget-matched: {fine_only_epochs * phases[0].n_train:,} finest-grid image passes "
+                             f"against coarse + fine's {pixel_work(phases):,.0f})" if r.fine_only.epochs is None else ""))
         trials: list[dict[str, Any]] = []
         try:
             for trial in range(r.trials):
@@ -274,6 +286,8 @@ class CoarseToFine:
             raise Interrupted(self._interrupted_message()) from None
         chance = _chance(self.data)
         summary = summarize(r, vs, trials, chance=chance, fine_only_epochs=fine_only_epochs)
+        summary["pixel_work"] = {"coarse_to_fine": pixel_work(phases),
+                                 "fine_only": fine_only_epochs * phases[0].n_train}  # finest-grid image passes
         _write_json(self.run_dir / "summary.json", summary)
         from .report import write_report
 
@@ -323,14 +337,17 @@ class CoarseToFine:
             if v.needs_coarse:
                 src = model
                 model = self._build(res, seed + 1)  # fresh init; overwritten by the transfer
+                buffers = self._momentum(src, src_dir) if r.carry_optimizer else None  # disk: not counted
+                _sync(self.device)
                 t0 = time.perf_counter()
                 diags = transfer_weights(src, model, v.strategy, r.family, v.lam, "prolongate",
                                          coefficient_policy=v.policy)
                 if r.bn_recalibrate:
                     g = torch.Generator().manual_seed(seed)
                     recalibrate_bn(model, (xb for xb, _ in iterate_batches(data.x_train, data.y_train, 256, g)))
-                if r.carry_optimizer:
-                    momentum = self._moved_momentum(src, model, src_dir, v)
+                if buffers is not None:
+                    momentum = transfer_like_weights(src, model, buffers, v.strategy, r.family, v.lam)
+                _sync(self.device)
                 entry["transfer_seconds"] = time.perf_counter() - t0  # counted: the method needs it
                 fp = function_preservation(src, model, data.x_test[:256], r.family)  # monitoring: not counted
                 entry["diagnostics"] = {"layers": [d.__dict__ for d in diags], "function": fp}
@@ -356,19 +373,60 @@ class CoarseToFine:
                 break
         return out
 
-    def _moved_momentum(self, src: nn.Module, dst: nn.Module, src_dir: Path, v: Variant) -> dict[str, torch.Tensor]:
-        """The source phase's SGD momentum buffers, moved to the new grid like their weights."""
+    @staticmethod
+    def _momentum(src: nn.Module, src_dir: Path) -> dict[str, torch.Tensor]:
+        """The SGD momentum buffers the source phase ended with (from its checkpoint), by parameter name."""
         ck = src_dir / "checkpoints" / "last.pt"
-        if not ck.exists():
-            return {}
-        buffers = momentum_buffers(src, load_checkpoint(ck)["optimizer"])
-        return transfer_like_weights(src, dst, buffers, v.strategy, self.recipe.family, v.lam)
+        return momentum_buffers(src, load_checkpoint(ck)["optimizer"]) if ck.exists() else {}
+
+
+def phase_config(cfg: TrainConfig, plan: LRPlan | None) -> dict[str, Any]:
+    """What a phase was trained with: its train block and its place in the lr plan (plain JSON)."""
+    out: dict[str, Any] = {"train": cfg.model_dump(mode="json")}
+    if plan is not None:
+        out["lr_plan"] = {"total": plan.total, "offset": plan.offset, "warmup": plan.warmup,
+                          "restart_warmup": plan.restart_warmup, "schedule": plan.schedule.model_dump(mode="json")}
+    return out
+
+
+def _check_phase(phase_dir: Path, saved: dict[str, Any] | None, now: dict[str, Any], finished: bool) -> None:
+    """A finished phase is reused only if trained as the recipe asks now; an unfinished one may only
+    change its epochs (its lr plan may then change: a warning, as for ``mres train --resume``)."""
+    if saved is None:  # written before phases recorded their settings
+        return
+    if finished and saved != now:
+        diff = _config_diff(saved, now)
+        raise UserError(f"{phase_dir} was trained with {diff}; a finished phase is reused only as it was "
+                        "trained. Resume with the run's own settings, or start a new run with --out")
+    if not finished:
+        a = {**saved, "train": {k: v for k, v in saved["train"].items() if k != "epochs"}}
+        b = {**now, "train": {k: v for k, v in now["train"].items() if k != "epochs"}}
+        a.pop("lr_plan", None), b.pop("lr_plan", None)
+        if a != b:
+            raise UserError(f"{phase_dir} was started with {_config_diff(saved, now)}; only its epochs may change "
+                            "on --resume. Resume with the run's own settings, or start a new run with --out")
+        if saved.get("lr_plan") != now.get("lr_plan"):
+            console.print(f"[yellow]note:[/] {escape(str(phase_dir))} continues under a changed lr plan "
+                          f"({escape(_config_diff(saved, now))})")
+
+
+def _config_diff(a: Any, b: Any, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        parts = [_config_diff(a.get(k), b.get(k), f"{path}.{k}" if path else k) for k in dict.fromkeys([*a, *b])]
+        return "; ".join(p for p in parts if p)
+    return "" if a == b else f"{path} {a!r} (the recipe now: {b!r})"
 
 
 def _chance(data: TensorData) -> float:
     """Accuracy of always predicting the most frequent test class (1/K on balanced data)."""
     counts = torch.bincount(data.y_test.cpu(), minlength=data.num_classes)
     return float(counts.max()) / max(1, len(data.y_test))
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work before reading the clock (kernels run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -437,9 +495,9 @@ def summarize(recipe: CoarseToFineRecipe, vs: list[Variant], trials: list[dict[s
             rows["acc_at_transfer"].append(at)
             rows["train_acc_at_transfer"].append(last["at_transfer"]["train_acc"] if last else None)
             rows["acc_after_first_epoch"].append(m[0]["test_acc"] if m else None)
-            rows["train_acc_after_first_epoch"].append(m[0].get("train_eval_acc", m[0]["train_acc"]) if m else None)
+            rows["train_acc_after_first_epoch"].append(m[0].get("train_eval_acc") if m else None)
             rows["acc_final"].append(final)
-            rows["train_acc_final"].append(m[-1].get("train_eval_acc", m[-1]["train_acc"]) if ok else None)
+            rows["train_acc_final"].append(m[-1].get("train_eval_acc") if ok else None)
             rows["coarse_seconds"].append(coarse_s)
             rows["transfer_seconds"].append(trans_s)
             rows["fine_seconds"].append(fine_s)
@@ -475,11 +533,13 @@ def time_to_accuracy(strategies: dict[str, Any], baseline: str | None, finest: i
         for a, base in zip(levels, base_times):
             times = [tta.seconds_to(c, a, finest) for c in s["curve"]]
             reached = [t for t in times if t is not None]
-            base_reached = [t for t in base if t is not None]
-            mean = sum(reached) / len(reached) if reached else None
-            base_mean = sum(base_reached) / len(base_reached) if base_reached else None
-            per_level.append({"accuracy": a, "seconds": times, "mean_seconds": mean, "reached": len(reached),
-                              "speedup": base_mean / mean if mean and base_mean else None})
+            # paired: the trials in which both the variant and the baseline reached a
+            both = [(t, b) for t, b in zip(times, base) if t is not None and b is not None]
+            speedup = (sum(b for _, b in both) / sum(t for t, _ in both)) if both and all(t > 0 for t, _ in both) \
+                else None
+            per_level.append({"accuracy": a, "seconds": times, "reached": len(reached),
+                              "mean_seconds": sum(reached) / len(reached) if reached else None,
+                              "speedup": speedup, "speedup_trials": len(both)})
         out["variants"][label] = per_level
     return out
 

@@ -23,10 +23,11 @@ class Interrupted(Exception):
 class DivergedError(RuntimeError):
     """Training produced a non-finite loss."""
 
-    def __init__(self, message: str, epoch: int, step: int):
+    def __init__(self, message: str, epoch: int, step: int, metrics: list | None = None):
         super().__init__(message)
         self.epoch = epoch
         self.step = step
+        self.metrics = list(metrics or [])  # the per-epoch rows so far (the last one may be non-finite)
 
 
 def first_line(exc: BaseException) -> str:

@@ -219,8 +219,11 @@ class CoarseToFineRecipe(RecipeBase):
         # the fine-only baseline trains on the coarse phase's examples: by default with its settings
         if isinstance(data, dict) and isinstance(data.get("coarse", {}), dict) \
                 and isinstance(data.get("fine_only", {}) or {}, dict):
-            base = {k: v for k, v in (data.get("coarse") or {}).items() if k != "epochs"}
-            data = {**data, "fine_only": _deep_merge(base, data.get("fine_only") or {})}
+            # known keys only (a bad coarse key is reported once, under coarse); schedule shorthand as a block
+            base = {k: _schedule_block(k, v) for k, v in (data.get("coarse") or {}).items()
+                    if k != "epochs" and k in TrainConfig.model_fields}
+            over = {k: _schedule_block(k, v) for k, v in (data.get("fine_only") or {}).items()}
+            data = {**data, "fine_only": _deep_merge(base, over)}
         return data
 
     @field_validator("resolutions")
@@ -241,12 +244,19 @@ class CoarseToFineRecipe(RecipeBase):
     def schedule_problems(self) -> list[tuple[str, str]]:
         """Combinations of the schedule keys that cannot work (checked with the other semantics)."""
         problems = []
-        if self.epochs_per_grid is not None:
-            if len(self.epochs_per_grid) != len(self.resolutions):
-                problems.append(("epochs_per_grid", f"{self.epochs_per_grid} has {len(self.epochs_per_grid)} "
-                                 f"entries; resolutions {self.resolutions} need {len(self.resolutions)}"))
-            elif self.epochs_per_grid[0] < 1 and any(s not in ("fresh", "fine-only") for s in self.strategies):
-                problems.append(("epochs_per_grid", "the coarsest grid needs at least 1 epoch"))
+        key = "epochs_per_grid" if self.epochs_per_grid is not None else None
+        if key and len(self.epochs_per_grid) != len(self.resolutions):
+            problems.append((key, f"{self.epochs_per_grid} has {len(self.epochs_per_grid)} "
+                             f"entries; resolutions {self.resolutions} need {len(self.resolutions)}"))
+        else:
+            epochs = self.grid_epochs()
+            transfers = any(s not in ("fresh", "fine-only") for s in self.strategies)
+            if epochs[0] < 1 and transfers:
+                problems.append((key or "coarse.epochs", f"{epochs[0]} epochs at the coarsest grid: a transfer "
+                                 "needs a trained coarse model (at least 1 epoch)"))
+            if epochs[-1] < 1 and any(s != "fine-only" for s in self.strategies):
+                problems.append((key or "fine.epochs", f"{epochs[-1]} epochs at the finest grid: the variants "
+                                 "need at least 1 epoch there to have a final accuracy"))
         if self.schedule_scope == "run":
             c, f = self.coarse.schedule, self.fine.schedule
             for key in ("name", "milestones", "gamma"):
@@ -263,6 +273,10 @@ class CoarseToFineRecipe(RecipeBase):
                                      f"{o.name} with momentum {o.momentum} (use sgd with momentum > 0, or "
                                      "carry_optimizer: false)"))
         return problems
+
+
+def _schedule_block(key: str, value: Any) -> Any:
+    return {"name": value} if key == "schedule" and isinstance(value, str) else value
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -106,6 +106,11 @@ def write_report(run_dir: Path) -> Path:
     return run_dir / "report.md"
 
 
+def _num(x: float | None, digits: int) -> str:
+    """A number, or — where a non-finite value was written as null."""
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
 def _grid_epochs(rec: dict[str, Any]) -> list[int]:
     if rec.get("epochs_per_grid") is not None:
         return list(rec["epochs_per_grid"])
@@ -122,11 +127,14 @@ def _baseline_sections(summary: dict[str, Any]) -> list[Section]:
     parts = []
     if "fine-only" in strategies:
         n = rec.get("coarse_subset") or "all"
+        work = summary.get("pixel_work") or {}
+        auto = (rec.get("fine_only") or {}).get("epochs") is None
         parts.append(f"`fine-only` is the **budget-matched** baseline: a new model trained at the finest grid only, "
                      f"on the coarse phase's examples ({n}), for {summary.get('fine_only_epochs')} epochs with its "
                      f"own schedule"
-                     + (" — chosen so that its pixel work equals the coarse + fine phases'" if
-                        (rec.get("fine_only") or {}).get("epochs") is None else "")
+                     + (" — the whole number of epochs closest to the coarse + fine phases' pixel work" if auto else "")
+                     + (f" ({work['fine_only']:,.0f} against {work['coarse_to_fine']:,.0f} finest-grid image passes; "
+                        "measured seconds below)" if work else "")
                      + ". It answers *did coarse training save time at equal accuracy?*")
     if "fresh" in strategies:
         parts.append("`fresh` is the thesis's baseline: a new model trained only for the fine phase's epochs on "
@@ -180,6 +188,8 @@ def _statistics_sections(summary: dict[str, Any]) -> list[Section]:
             s += f" [{t['ci'][0] * 100:+.1f}, {t['ci'][1] * 100:+.1f}]"
         if t.get("p_t") is not None:
             s += f", p={t['p_t']:.3g}"
+        if t.get("p_sign") is not None:
+            s += f", sign p={t['p_sign']:.3g}"
         if t.get("p_wilcoxon") is not None:
             s += f" (W p={t['p_wilcoxon']:.3g})"
         return s + significance_mark(t)
@@ -194,22 +204,23 @@ def _statistics_sections(summary: dict[str, Any]) -> list[Section]:
                     + [diff(e["vs"].get(r)) if r != label else "·" for r in refs])
     text = ("Paired over trials (each trial shares the coarse model, data order and seeds across variants): "
             "`scipy.stats.ttest_rel`" + (", and Wilcoxon signed-rank (W) from 6 trials on" if trials >= 6 else "")
-            + "; * marks p < 0.05 (every test run). 95 % CIs are Student-t (of an accuracy: clipped to [0, 100]).")
+            + "; when all differences are equal the t-test is undefined and the exact sign test stands in; "
+            "* marks p < 0.05 in every test run. 95 % CIs are Student-t (of an accuracy: clipped to [0, 100]).")
     out: list[Section] = [("h2", "Final test accuracy: statistics"), ("p", text), ("table", head, rows)]
     findings = []
     for label, e in st.items():
         for r, t in e["vs"].items():
             if t.get("significant"):
                 word = "higher" if t["mean_diff"] > 0 else "lower"
+                p = f"p={t['p_t']:.2g}" if t.get("p_t") is not None else f"sign-test p={t['p_sign']:.2g}"
                 findings.append(f"`{label}` is {abs(t['mean_diff']) * 100:.1f} points {word} than `{r}` "
-                                f"(95 % CI [{t['ci'][0] * 100:+.1f}, {t['ci'][1] * 100:+.1f}], p={t['p_t']:.2g}, "
-                                f"{t['n']} trials)")
+                                f"(95 % CI [{t['ci'][0] * 100:+.1f}, {t['ci'][1] * 100:+.1f}], {p}, {t['n']} trials)")
     if trials < 2:
         out.append(("p", "**One trial: every difference above is an anecdote, not a finding** — no interval or "
                          "test is possible. Rerun with `--set trials=3` (or more) for paired tests."))
     elif findings:
         out.append(("p", "Findings (significant paired differences): " + "; ".join(findings) + ". "
-                         "Every other difference in the tables is within the trial-to-trial noise."))
+                         "No other difference in the tables is significant at this number of trials."))
     else:
         out.append(("p", f"No paired difference is significant over {trials} trials: the tables do not rank the "
                          "variants."))
@@ -247,7 +258,8 @@ def _tta_sections(summary: dict[str, Any], figs: Path) -> list[Section]:
     out += [("p", f"Seconds to reach accuracy a at the finest grid, for a = the mean final accuracy of "
                   f"`{base}` and 1 and 2 points below it, measured at the epoch's end (whole-epoch granularity: "
                   "an accuracy reached mid-epoch counts at the epoch's end). Speedup = "
-                  f"`{base}`'s mean seconds / the variant's; (k/n): reached in k of n trials."),
+                  f"`{base}`'s seconds / the variant's, summed over the trials in which both reached a (paired); "
+                  "(k/n): reached in k of n trials."),
             ("table", head, rows)]
     return out
 
@@ -269,11 +281,12 @@ def _accuracy_seconds_figure(summary: dict[str, Any], out: Path) -> bool:
         color = colors[i % len(colors)]
         for c in cs:  # trials, thin
             ax.plot([p["seconds"] for p in c], [p["test_acc"] for p in c], color=color, lw=0.6, alpha=0.35)
-        n = min(len(c) for c in cs)
-        xs = np.mean([[p["seconds"] for p in c[:n]] for c in cs], axis=0)
-        ys = np.mean([[np.nan if p["test_acc"] is None else p["test_acc"] for p in c[:n]] for c in cs], axis=0)
-        fine = np.array([p["resolution"] == finest for p in cs[0][:n]])
-        start = np.array([p["phase"] == "start" for p in cs[0][:n]])
+        n = max(len(c) for c in cs)
+        cs = [c for c in cs if len(c) == n]  # the mean over complete trials (a skipped or diverged one is shorter)
+        xs = np.mean([[p["seconds"] for p in c] for c in cs], axis=0)
+        ys = np.mean([[np.nan if p["test_acc"] is None else p["test_acc"] for p in c] for c in cs], axis=0)
+        fine = np.array([p["resolution"] == finest for p in cs[0]])
+        start = np.array([p["phase"] == "start" for p in cs[0]])
         coarse_idx = np.flatnonzero(~fine)
         if len(coarse_idx):
             ax.plot(xs[coarse_idx], ys[coarse_idx], color=color, lw=1.5, ls="--", marker=".", ms=4)
@@ -413,9 +426,9 @@ def _diagnostics_sections(run_dir: Path, summary: dict[str, Any], figs: Path) ->
                 continue
             d = json.loads(p.read_text())
             fp = d["function"]
-            stages = ", ".join(f"{k} {v:.3f}" for k, v in fp.get("stages", {}).items()) or "—"
-            func_rows.append([label, f"{res[res.index(r) - 1]}→{r}", f"{fp['logits']:.3f}",
-                              f"{fp['agreement'] * 100:.1f}", stages])
+            stages = ", ".join(f"{k} {_num(v, 3)}" for k, v in fp.get("stages", {}).items()) or "—"
+            func_rows.append([label, f"{res[res.index(r) - 1]}→{r}", _num(fp.get("logits"), 3),
+                              _num(None if fp.get("agreement") is None else fp["agreement"] * 100, 1), stages])
             if r == res[-1]:
                 per_variant[label] = d["layers"]
     if not per_variant:
@@ -437,7 +450,8 @@ def _diagnostics_sections(run_dir: Path, summary: dict[str, Any], figs: Path) ->
         if any_d["kind"] in ("bias",) or any_d["norm_before"] == 0:
             continue
         row = [name, any_d["kind"]]
-        row += [f"{kinds[l]['growth']:.2f}×" if kinds[l] else "—" for l in per_variant]
+        row += [_num(kinds[l]["growth"], 2) + "×" if kinds[l] and kinds[l]["growth"] is not None else "—"
+                for l in per_variant]
         row += [(f"{kinds[l]['galerkin_residual']:.2e}" if kinds[l] and kinds[l]["galerkin_residual"] is not None
                  else "—") for l in per_variant]
         rows.append(row)

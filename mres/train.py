@@ -227,7 +227,8 @@ def fit(
                 total = loss if reg is None else loss + reg
                 if not torch.isfinite(total):
                     raise DivergedError(f"{label}: non-finite loss ({total.item()}) at epoch {epoch + 1}, "
-                                        f"step {step + 1}; the last good checkpoint is kept", epoch + 1, step + 1)
+                                        f"step {step + 1}; the last good checkpoint is kept", epoch + 1, step + 1,
+                                        metrics)
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 if cfg.grad_clip is not None:
@@ -238,6 +239,8 @@ def fit(
                 correct += (out.detach().argmax(1) == yb).sum()
                 seen += len(yb)
                 bar.step()
+            if device.type == "cuda":  # queued kernels belong to this epoch's training time
+                torch.cuda.synchronize(device)
             train_seconds = time.perf_counter() - t0
             test_loss, test_acc = evaluate(model, data.x_test, data.y_test, cfg.eval_batch_size, cfg.channels_last)
             row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": float(loss_sum) / seen,
@@ -253,7 +256,7 @@ def fit(
                 write_metrics(metrics_path, metrics)
             if bad:  # e.g. the last step of the epoch blew the weights up: keep the last good checkpoint
                 raise DivergedError(f"{label}: non-finite {', '.join(bad)} after epoch {epoch + 1}; the last good "
-                                    "checkpoint is kept", epoch + 1, seen // cfg.batch_size)
+                                    "checkpoint is kept", epoch + 1, seen // cfg.batch_size, metrics)
             if ckpt_path is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
                 save_checkpoint(ckpt_path, {
                     **(extra or {}), "model": model.state_dict(), "optimizer": opt.state_dict(),

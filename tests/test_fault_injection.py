@@ -217,3 +217,23 @@ def test_disk_full_says_no_space_left_and_keeps_the_last_checkpoint(tmp_path):
     assert "error: no space left on" in p.stderr and str(mnt / "run" / "checkpoints") in p.stderr
     assert "unexpected pos" not in p.stderr and "Traceback" not in p.stderr
     assert "epoch 1" in p.stdout and ".tmp" not in p.stdout
+
+
+def test_evaluate_refuses_a_model_whose_loss_is_not_finite(tmp_path):
+    data = nan_npz(tmp_path / "clean.npz", nan_test=False)
+    run = tmp_path / "run"
+    args = ["--set", "dataset.name=npz", "--set", f"dataset.path={data}", "--set", "resolution=8",
+            "--set", "dataset.normalize=false", "--set", "model.width1=4", "--set", "model.width2=4"]
+    r = run_mres("train", *args, "--set", "train.epochs=1", "--out", str(run), "--quiet")
+    assert r.returncode == 0, r.stderr
+    ok = run_mres("evaluate", str(run))
+    assert ok.returncode == 0 and "accuracy" in ok.stdout
+    nan_npz(data, nan_test=True)  # the same file, now with a NaN pixel in the test images
+    bad = run_mres("evaluate", str(run))
+    assert bad.returncode == 1 and "loss is nan" in bad.stderr and "Traceback" not in bad.stderr
+    ck = run / "checkpoints" / "last.pt"
+    state = torch.load(ck, weights_only=True)
+    state["model"]["conv1.weight"][0, 0, 0, 0] = float("inf")
+    torch.save(state, ck)
+    bad = run_mres("evaluate", str(run), "--split", "train")
+    assert bad.returncode == 1 and "non-finite weights in conv1.weight" in bad.stderr

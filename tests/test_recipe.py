@@ -94,3 +94,12 @@ def test_analysis_block_is_checked_before_any_training():
         load_recipe(RECIPES / "c2f_cnn_fashion.yaml", ["analysis.trial=3"], CoarseToFineRecipe)
     ok = load_recipe(RECIPES / "c2f_cnn_fashion.yaml", ["analysis.landscape.grid=9"], CoarseToFineRecipe)
     assert ok.analysis.landscape.grid == "9"  # an unquoted number from --set is a 1-D grid
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_bundled_recipe_validates_unchanged(path):
+    kind = CoarseToFineRecipe if path.name.startswith("c2f_") or "resolutions:" in path.read_text() else TrainRecipe
+    r = load_recipe(path, [], kind)
+    if kind is CoarseToFineRecipe:  # the time-to-accuracy keys default to the behaviour before them
+        assert r.schedule_scope == "phase" and not r.carry_optimizer and not r.coarse_batch_scaling
+        assert r.grid_epochs()[0] == r.coarse.epochs and r.fine_only.epochs is None

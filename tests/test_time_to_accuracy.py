@@ -72,27 +72,29 @@ def test_phase_scope_restarts_the_schedule_at_each_grid(tmp_path, lr_trace):
     assert lr_trace[2 * spe - 1] < 0.01
 
 
-def test_run_scope_warmup_after_transfer_and_per_phase_peak_lr(tmp_path):
+def test_run_scope_warmup_after_transfer_and_per_phase_peak_lr(tmp_path, lr_trace):
     rec = recipe(schedule_scope="run", coarse={"epochs": 2, "batch_size": 32},
                  fine={"epochs": 2, "batch_size": 32, "optimizer": {"lr": 0.02},
                        "schedule": {"name": "cosine", "warmup_epochs": 1}})
-    phases = plan_phases(rec, N_TRAIN)
-    coarse_plan, fine_plan = lr_plans(phases, "run")
+    run_coarse_to_fine(rec, tmp_path, progress=False)
     spe = math.ceil(N_TRAIN / 32)
     total = 4 * spe
-    for s in range(2 * spe):  # the fine phase continues the coarse one's cosine, with a one-epoch ramp
+    expect = [0.05 * 0.5 * (1 + math.cos(math.pi * s / total)) for s in range(2 * spe)]
+    for s in range(2 * spe):  # the fine phase continues the coarse one's cosine at its own peak, ramped
         plan = 0.5 * (1 + math.cos(math.pi * (2 * spe + s) / total))
-        ramp = min(1.0, (s + 1) / spe)
-        assert fine_plan.factor(s) == pytest.approx(plan * ramp)
-    assert coarse_plan.factor(0) == pytest.approx(1.0)
+        expect.append(0.02 * plan * min(1.0, (s + 1) / spe))
+    assert lr_trace == pytest.approx(expect, rel=1e-12, abs=1e-15)
+    coarse_plan, fine_plan = lr_plans(plan_phases(rec, N_TRAIN), "run")
+    assert (coarse_plan.offset, fine_plan.offset, fine_plan.total) == (0, 2 * spe, total)
 
 
 def test_epochs_per_grid_and_coarse_batch_scaling_plan_the_phases():
     rec = recipe(resolutions=[4, 8, 16], epochs_per_grid=[3, 2, 1], coarse_batch_scaling=True)
     phases = plan_phases(rec, N_TRAIN)
     assert [p.cfg.epochs for p in phases] == [3, 2, 1]
-    assert [p.cfg.batch_size for p in phases] == [32 * 16, 32 * 4, 32]
-    assert [p.cfg.optimizer.lr for p in phases] == pytest.approx([0.05 * 16, 0.05 * 4, 0.05])
+    # ×16 at grid 4 would be 512 > the 256 examples: the batch is capped, and the lr follows the real batch
+    assert [p.cfg.batch_size for p in phases] == [256, 32 * 4, 32]
+    assert [p.cfg.optimizer.lr for p in phases] == pytest.approx([0.05 * 8, 0.05 * 4, 0.05])
     # pixel work of the cascade in fine-grid epochs on N examples: 3/16 + 2/4 + 1 = 1.6875 -> 2
     assert budget_matched_epochs(phases, N_TRAIN) == 2
 
@@ -180,8 +182,13 @@ def test_paired_test_against_the_t_formula_and_an_exact_sign_enumeration():
 
 def test_paired_test_drops_missing_trials_pairwise_and_handles_no_spread():
     res = stats.paired_test([0.9, None, 0.8, float("nan")], [0.7, 0.6, 0.6, 0.5])
-    assert res["n"] == 2 and res["mean_diff"] == pytest.approx(0.2)
-    assert res["p_t"] == 0.0 and res["ci"] == pytest.approx([0.2, 0.2])
+    assert res["n"] == 2 and res["mean_diff"] == pytest.approx(0.2) and res["ci"] == pytest.approx([0.2, 0.2])
+    # equal differences: no t-test; the exact sign test of 2 pairs of one sign gives p = 2 · 2^-2 = 0.5
+    assert res["p_t"] is None and res["p_sign"] == pytest.approx(0.5) and res["significant"] is False
+    five = stats.paired_test([0.9] * 5, [0.8] * 5)
+    assert five["p_sign"] == pytest.approx(sps.binomtest(5, 5).pvalue) and five["significant"] is False
+    seven = stats.paired_test([0.9] * 7, [0.8] * 7)
+    assert seven["p_sign"] == pytest.approx(sps.binomtest(7, 7).pvalue) and seven["significant"] is True
     assert stats.paired_test([0.5, 0.5], [0.5, 0.5])["significant"] is False
     ci = stats.mean_ci([0.8, 0.9, 1.0])
     assert ci["ci"] == pytest.approx(list(sps.t.interval(0.95, 2, loc=0.9, scale=sps.sem([0.8, 0.9, 1.0]))))
@@ -250,3 +257,65 @@ def test_schedule_keys_are_checked(tmp_path):
         recipe(carry_optimizer=True, fine={"optimizer": {"name": "adam"}})
     with pytest.raises(UserError, match="schedule_scope"):
         recipe(schedule_scope="everything")
+
+
+def test_carried_momentum_is_where_the_fine_optimizer_starts(tmp_path):
+    from mres.checkpoint import load_checkpoint
+    from mres.train import momentum_buffers
+    from mres.transfer import transfer_like_weights
+
+    first_state: dict[int, dict[tuple, torch.Tensor]] = {}
+
+    def record(opt, args, kwargs):  # the buffers each optimizer holds at its first step
+        if id(opt) not in first_state:
+            first_state[id(opt)] = {tuple(p.shape): opt.state[p]["momentum_buffer"].clone()
+                                    for p in opt.param_groups[0]["params"] if "momentum_buffer" in opt.state[p]}
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        run_coarse_to_fine(recipe(carry_optimizer=True, strategies=["galerkin"]), tmp_path, progress=False)
+    finally:
+        handle.remove()
+    coarse_opt, fine_opt = first_state.values()
+    assert coarse_opt == {}  # the coarse phase starts from rest
+    coarse = build_model("cnn", {"width1": 4, "width2": 8}, 1, 10, 8)
+    fine = build_model("cnn", {"width1": 4, "width2": 8}, 1, 10, 16)
+    coarse.load_state_dict(load_checkpoint(tmp_path / "trial0" / "coarse-8")["model"])
+    bufs = momentum_buffers(coarse, load_checkpoint(tmp_path / "trial0" / "coarse-8")["optimizer"])
+    expect = transfer_like_weights(coarse, fine, bufs, "galerkin")
+    for name, p in fine.named_parameters():
+        assert torch.allclose(fine_opt[tuple(p.shape)], expect[name], atol=1e-6), name
+    assert fine_opt[tuple(fine.classifier.weight.shape)].abs().sum() > 0
+
+
+def test_fine_only_takes_the_coarse_schedule_even_when_written_as_a_name():
+    rec = recipe(coarse={"epochs": 2, "batch_size": 32, "schedule": "constant"},
+                 fine={"epochs": 1, "batch_size": 32}, fine_only={"schedule": {"warmup_epochs": 1}})
+    assert rec.fine_only.schedule.name == "constant" and rec.fine_only.schedule.warmup_epochs == 1
+    from mres.errors import UserError
+
+    with pytest.raises(UserError) as exc:  # a bad coarse key is reported once, under its own name
+        recipe(coarse={"epochs": 2, "batch_sise": 32})
+    assert "coarse.batch_sise" in str(exc.value) and "fine_only" not in str(exc.value)
+
+
+def test_epochs_at_the_coarsest_and_finest_grid_are_required():
+    from mres.errors import UserError
+
+    with pytest.raises(UserError, match="fine.epochs: 0 epochs at the finest grid"):
+        recipe(fine={"epochs": 0})
+    with pytest.raises(UserError, match="coarse.epochs: 0 epochs at the coarsest grid"):
+        recipe(coarse={"epochs": 0})
+    with pytest.raises(UserError, match="epochs_per_grid: 0 epochs at the finest grid"):
+        recipe(epochs_per_grid=[2, 0])
+    assert recipe(coarse={"epochs": 0}, strategies=["fresh"]).coarse.epochs == 0  # no transfer: no coarse model
+
+
+def test_resume_refuses_a_finished_phase_trained_otherwise(tmp_path):
+    from mres.errors import UserError
+
+    run_coarse_to_fine(recipe(), tmp_path, progress=False)
+    with pytest.raises(UserError, match=r"coarse-8 was trained with train.epochs 2 \(the recipe now: 3\)"):
+        run_coarse_to_fine(recipe(coarse={"epochs": 3, "batch_size": 32}), tmp_path, progress=False)
+    again = run_coarse_to_fine(recipe(trials=2), tmp_path, progress=False)  # more trials: reuses trial 0
+    assert again["trials"] == 2

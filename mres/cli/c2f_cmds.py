@@ -52,7 +52,7 @@ def print_summary(summary: dict) -> None:
     st = summary.get("statistics") or {}
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, caption="start: right after the transfer; epoch 1: after the first fine "
                   "epoch (means); final: mean ± std; time s: training seconds counted for time to accuracy (coarse + transfer + fine, "
-                  f"evaluation excluded); *: paired t-test p < 0.05 against {base or 'the baseline'}; div/col: "
+                  f"evaluation excluded); *: significant paired difference from {base or 'the baseline'} (p < 0.05 in every test); div/col: "
                   "diverged / collapsed trials",
                   title=f"coarse-to-fine {' → '.join(map(str, res))}: test accuracy % over {summary['trials']} "
                         "trial(s)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -10,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import UserError
+from ..errors import RunFailure, UserError
 from . import app, console
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
@@ -135,7 +136,16 @@ def evaluate_cmd(
     data = load_dataset(DatasetConfig.model_validate(c["recipe"]["dataset"]), dev).at_resolution(res)
     model = model_from_checkpoint(c).to(dev)
     x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
+    import torch
+
+    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise RunFailure(f"{ckpt}: non-finite weights in {', '.join(bad[:4])}{' …' if len(bad) > 4 else ''} "
+                         "(a diverged run); not a usable model")
     loss, acc = evaluate(model, x, y)
+    if not math.isfinite(loss):
+        raise RunFailure(f"{ckpt}: the {split} loss is {loss} on {len(y)} images at {res}×{res} (accuracy {acc:.2%}); "
+                         "the data or the model produce non-finite outputs")
     console.print(f"{escape(str(ckpt))}: {split} loss {loss:.4f}, accuracy [bold]{acc:.2%}[/] on {len(y)} images "
                   f"at {res}×{res}")
 
