@@ -283,6 +283,8 @@ def report(points: list[Point], args: argparse.Namespace, root: Path, session: s
     if best_c2f:
         p = best_c2f[2]
         print(f"best coarse-to-fine point: {p.name} ({p.what}): {best_c2f[0] * 100:.2f} % in {best_c2f[1]:.0f} s")
+    if args.trials >= 2:
+        trials_table(rows)
     if len(sessions) > 1:
         print(f"note: points come from {len(sessions)} sessions ({', '.join(sessions)}); only points of one session "
               "are measured side by side")
@@ -304,6 +306,36 @@ GROUPS = (("fo-", "fine-only", "tab:blue", "o"), ("cascade-phase", "cascade, pha
 
 def _group(name: str) -> tuple[str, str, str]:
     return next((label, color, marker) for prefix, label, color, marker in GROUPS if name.startswith(prefix))
+
+
+def trials_table(rows: list[tuple[Point, dict]]) -> None:
+    """With trials: each point's mean ± std and 95 % CI, and every coarse-to-fine point against the best
+    fine-only point, paired by trial (trial t of every run draws the same examples and seeds)."""
+    from mres import stats
+
+    print("\nper point over trials (accuracy %: mean ± std [95 % CI]; seconds: mean ± std):")
+    for p, r in rows:
+        a, s = stats.mean_ci(r["acc_trials"]), stats.mean_ci(r["seconds_trials"])
+        ci = f"[{a['ci'][0] * 100:.2f}, {a['ci'][1] * 100:.2f}]" if a["ci"] else ""
+        print(f"  {p.name:<20}{r['strategy']:<12} n={a['n']}  {a['mean'] * 100:.2f} ± {(a['std'] or 0) * 100:.2f} {ci}"
+              f"   {s['mean']:.1f} ± {(s['std'] or 0):.1f} s")
+    fine = [(p, r) for p, r in rows if p.front == "fine-only"]
+    if not fine:
+        return
+    bp, br = max(fine, key=lambda pr: pr[1]["acc"])
+    print(f"\ncoarse-to-fine points against the best fine-only point {bp.name} ({br['acc'] * 100:.2f} %, "
+          f"{br['seconds']:.0f} s), paired by trial:")
+    for p, r in rows:
+        if p.front != "c2f":
+            continue
+        t = stats.paired_test(r["acc_trials"], br["acc_trials"])
+        if t["mean_diff"] is None:
+            continue
+        ci = f" [{t['ci'][0] * 100:+.2f}, {t['ci'][1] * 100:+.2f}]" if t["ci"] else ""
+        p_txt = f"p={t['p_t']:.3g}" if t["p_t"] is not None else (f"sign p={t['p_sign']:.3g}" if t["p_sign"] else "")
+        verdict = "significant" if t["significant"] else "not significant"
+        print(f"  {p.name:<20}{r['strategy']:<12} Δacc {t['mean_diff'] * 100:+.2f} points{ci}, {p_txt} ({verdict}); "
+              f"seconds ratio {r['seconds'] / br['seconds']:.3f}")
 
 
 def plot(rows: list[tuple[Point, dict]], f_front, c_front, h: dict, png: Path, args: argparse.Namespace) -> None:

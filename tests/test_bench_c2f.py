@@ -1,0 +1,38 @@
+"""analysis/bench_c2f.py end to end on tiny synthetic data: fronts, headline, trials and resume (no timings asserted)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def bench(*args):
+    return subprocess.run([sys.executable, str(ROOT / "analysis" / "bench_c2f.py"), "--dataset", "synthetic",
+                           "--quick", "--n-train", "128", "--n-test", "32", "--fine", "16", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_bench_prints_both_fronts_the_headline_and_paired_trials(tmp_path):
+    out = tmp_path / "b"
+    r = bench("--out", str(out), "--trials", "2", "--points", "fo-e1,fo-e2,phase-c4-f1,run-c4-f1")
+    assert r.returncode == 0, r.stderr
+    for text in ("fine-only front:", "coarse-to-fine front:", "headline:", "paired by trial", "finest-grid share"):
+        assert text in r.stdout, text
+    assert (out / "fronts.png").stat().st_size > 10_000
+    points = json.loads((out / "points.json").read_text())
+    assert {p["name"] for p in points} == {"fo-e1", "fo-e2", "phase-c4-f1", "run-c4-f1"}
+    assert all(len(p["acc_trials"]) == 2 for p in points)
+    # a rerun reuses every finished point (nothing retrained: the checkpoints keep their times)
+    ck = out / "points" / "fo-e2" / "trial0" / "fine-only" / "fine-16" / "checkpoints" / "last.pt"
+    stamp = ck.stat().st_mtime_ns
+    again = bench("--out", str(out), "--trials", "2", "--points", "fo-e1,fo-e2,phase-c4-f1,run-c4-f1")
+    assert again.returncode == 0 and ck.stat().st_mtime_ns == stamp
+
+
+def test_bench_rejects_unknown_points_and_a_missing_npz_path():
+    bad = bench("--points", "nonsense")
+    assert bad.returncode != 0 and "unknown nonsense" in bad.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "analysis" / "bench_c2f.py"), "--dataset", "npz"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--path" in r.stderr
