@@ -138,7 +138,7 @@ def run_point(p: Point, base: dict[str, Any], root: Path, session: str) -> None:
     pdir = root / "points" / p.name
     done = pdir / "bench.json"
     want = merge(base, p.recipe)
-    sessions = [session]
+    sessions = [session] * want["trials"]  # the session that measured each trial
     if done.exists():
         saved = json.loads(done.read_text())
         if saved["recipe"] == want:
@@ -147,7 +147,8 @@ def run_point(p: Point, base: dict[str, Any], root: Path, session: str) -> None:
         if {**saved["recipe"], "trials": want["trials"]} != want:
             shutil.rmtree(pdir)  # the sweep's settings changed: measure again
         else:  # only the number of trials changed: the job keeps the finished trials and adds the rest
-            sessions = sorted(set(_sessions(saved["results"][0])) | {session}) if saved["results"] else sessions
+            old = _sessions(saved["results"][0], saved["recipe"]["trials"]) if saved["results"] else []
+            sessions = (old + sessions)[:want["trials"]] if len(old) < want["trials"] else old[:want["trials"]]
     try:
         recipe = validate_recipe(want, CoarseToFineRecipe, f"point {p.name}")
         t0 = time.perf_counter()
@@ -166,8 +167,11 @@ def run_point(p: Point, base: dict[str, Any], root: Path, session: str) -> None:
                                 "wall": time.perf_counter() - t0}, indent=1))
 
 
-def _sessions(result: dict[str, Any]) -> list[str]:
-    return result.get("sessions") or [result["session"]]  # bench.json of an earlier version: one session
+def _sessions(result: dict[str, Any], trials: int | None = None) -> list[str]:
+    """The session of each trial (a bench.json of an earlier version names one session for all)."""
+    if "sessions" in result:
+        return list(result["sessions"])
+    return [result["session"]] * (trials or len(result["acc_trials"]))
 
 
 def _finest_seconds(pdir: Path, summary: dict[str, Any], label: str) -> list[float]:
@@ -217,7 +221,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smaller sweep on fewer examples, for a first look")
     ap.add_argument("--points", type=lambda t: t.split(","), default=None, help="only these points (names)")
     ap.add_argument("--out", type=Path, default=None, help="keep the runs here (resumable); default: a temp dir")
-    ap.add_argument("--plot", type=Path, default=None, help="PNG of the fronts (default OUT/fronts.png or ./)")
+    ap.add_argument("--plot", type=Path, default=None, help="PNG of the fronts (default OUT/fronts.png; with --points OUT/fronts_<n>points_<k>trials.png)")
     args = ap.parse_args()
     if args.dataset == "npz" and not args.path:
         ap.error("--dataset npz needs --path F.npz")
@@ -290,10 +294,11 @@ def report(points: list[Point], args: argparse.Namespace, root: Path, session: s
               "are measured side by side")
     if args.trials < 2:
         print("note: one trial per point; a ratio near the goal is not a finding until the key points have >= 3 trials")
-    png = args.plot or ((args.out / "fronts.png") if args.out else Path("bench_c2f_fronts.png"))
+    tag = "" if not args.points else f"_{len(args.points)}points_{args.trials}trials"  # a subset keeps the sweep's files
+    png = args.plot or ((args.out / f"fronts{tag}.png") if args.out else Path(f"bench_c2f_fronts{tag}.png"))
     if f_front and c_front:
         plot(rows, f_front, c_front, h, png, args)
-    (root / "points.json").write_text(json.dumps([{"name": p.name, "front": p.front, "what": p.what, **r}
+    (root / f"points{tag}.json").write_text(json.dumps([{"name": p.name, "front": p.front, "what": p.what, **r}
                                                   for p, r in rows], indent=1))
     print(f"figure: {png}" if f_front and c_front else "no figure: a front is empty")
 

@@ -19,8 +19,8 @@ def test_bench_prints_both_fronts_the_headline_and_paired_trials(tmp_path):
     assert r.returncode == 0, r.stderr
     for text in ("fine-only front:", "coarse-to-fine front:", "headline:", "paired by trial", "finest-grid share"):
         assert text in r.stdout, text
-    assert (out / "fronts.png").stat().st_size > 10_000
-    points = json.loads((out / "points.json").read_text())
+    assert (out / "fronts_4points_2trials.png").stat().st_size > 10_000
+    points = json.loads((out / "points_4points_2trials.json").read_text())
     assert {p["name"] for p in points} == {"fo-e1", "fo-e2", "phase-c4-f1", "run-c4-f1"}
     assert all(len(p["acc_trials"]) == 2 for p in points)
     # a rerun reuses every finished point (nothing retrained: the checkpoints keep their times)

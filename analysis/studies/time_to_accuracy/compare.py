@@ -1,6 +1,6 @@
 """Paired comparison of two bench points, trial by trial (same seeds and examples per trial).
 
-    python analysis/studies/time_to_accuracy/compare.py runs/tta_warmup phase-warm-c4-f2 phase-c4-f2 galerkin
+    python analysis/studies/time_to_accuracy/compare.py runs/tta_warmup/points_4points_3trials.json phase-warm-c4-f2 phase-c4-f2 galerkin
 """
 
 import json
@@ -11,8 +11,8 @@ from mres import stats
 
 
 def main() -> None:
-    out, a_name, b_name, strategy = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-    points = {(p["name"], p["strategy"]): p for p in json.loads((out / "points.json").read_text())}
+    points_file, a_name, b_name, strategy = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    points = {(p["name"], p["strategy"]): p for p in json.loads(points_file.read_text())}
     a, b = points[(a_name, strategy)], points[(b_name, strategy)]
     t = stats.paired_test(a["acc_trials"], b["acc_trials"])
     ci = f"[{t['ci'][0] * 100:+.2f}, {t['ci'][1] * 100:+.2f}]" if t["ci"] else "—"
