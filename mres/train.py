@@ -227,8 +227,7 @@ def fit(
                 total = loss if reg is None else loss + reg
                 if not torch.isfinite(total):
                     raise DivergedError(f"{label}: non-finite loss ({total.item()}) at epoch {epoch + 1}, "
-                                        f"step {step + 1}; the last good checkpoint is kept", epoch + 1, step + 1,
-                                        metrics)
+                                        f"step {step + 1}; {_kept(ckpt_path)}", epoch + 1, step + 1, metrics)
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 if cfg.grad_clip is not None:
@@ -255,8 +254,8 @@ def fit(
             if metrics_path is not None:
                 write_metrics(metrics_path, metrics)
             if bad:  # e.g. the last step of the epoch blew the weights up: keep the last good checkpoint
-                raise DivergedError(f"{label}: non-finite {', '.join(bad)} after epoch {epoch + 1}; the last good "
-                                    "checkpoint is kept", epoch + 1, seen // cfg.batch_size, metrics)
+                raise DivergedError(f"{label}: non-finite {', '.join(bad)} after epoch {epoch + 1}; {_kept(ckpt_path)}",
+                                    epoch + 1, seen // cfg.batch_size, metrics)
             if ckpt_path is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
                 save_checkpoint(ckpt_path, {
                     **(extra or {}), "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -266,6 +265,12 @@ def fit(
             if on_epoch is not None:
                 on_epoch(row)
     return metrics
+
+
+def _kept(ckpt_path: Path | None) -> str:
+    if ckpt_path is not None and Path(ckpt_path).exists():
+        return f"the last good checkpoint {ckpt_path} is kept"
+    return "no checkpoint was written (nothing good to keep)"
 
 
 def _nonfinite(model: nn.Module, row: dict[str, Any]) -> list[str]:
