@@ -40,7 +40,8 @@ from .data import TensorData, iterate_batches, load_dataset, num_batches
 from .errors import DivergedError, Interrupted, UserError
 from .models import build_model
 from .recipe import CoarseToFineRecipe, TrainConfig, dump_yaml, parse_yaml, to_plain
-from .train import LRPlan, configure_runtime, console, evaluate, fit, json_safe, momentum_buffers, select_device
+from .train import (LRPlan, configure_runtime, console, evaluate, fit, json_safe, momentum_buffers, select_device,
+                    trainable, write_metrics)
 from .transfer import function_preservation, recalibrate_bn, transfer_like_weights, transfer_weights
 
 BASELINES = ("fresh", "fine-only")  # trained at the finest grid only, without the coarse model
@@ -189,8 +190,11 @@ class CoarseToFine:
 
     def _train_phase(self, phase_dir: Path, model: nn.Module, data: TensorData, cfg: TrainConfig, seed: int,
                      label: str, resolution: int, plan: LRPlan | None = None,
-                     momentum: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+                     momentum: dict[str, torch.Tensor] | None = None,
+                     stage: dict[str, Any] | None = None) -> dict[str, Any]:
         """Train one phase, resumably; returns its result (metrics, seconds, train_seconds, diverged)."""
+        if cfg.stages:
+            return self._train_stages(phase_dir, model, data, cfg, seed, label, resolution)
         result_path = phase_dir / "result.json"
         ckpt = phase_dir / "checkpoints" / "last.pt"
         config = phase_config(cfg, plan)
@@ -208,7 +212,8 @@ class CoarseToFine:
         try:
             metrics = fit(model, data, cfg, seed=seed, augment=self.recipe.dataset.augment, ckpt_path=ckpt,
                           metrics_path=phase_dir / "metrics.jsonl",
-                          extra={**self._extra(resolution, label), "phase_config": config},
+                          extra={**self._extra(resolution, label), "phase_config": config,
+                                 **({"stage": stage} if stage else {})},
                           resume=state, label=label, eval_train=self.recipe.eval_train, progress=self.progress,
                           lr_plan=plan, momentum=momentum)
         except DivergedError as exc:
@@ -221,6 +226,45 @@ class CoarseToFine:
         result["config"] = config
         if plan is not None:
             result["lr_plan"] = {"offset": plan.offset, "total": plan.total}
+        _write_json(result_path, result)
+        return result
+
+    def _train_stages(self, phase_dir: Path, model: nn.Module, data: TensorData, cfg: TrainConfig, seed: int,
+                      label: str, resolution: int) -> dict[str, Any]:
+        """A staged phase (``stages``): each stage trains its parameters (the rest frozen) as a phase of
+        its own in ``stage<k>-<params>/``, resumable; the phase's result joins their metrics (each row
+        with its ``stage``) and its checkpoint is the last stage's."""
+        result_path = phase_dir / "result.json"
+        ckpt = phase_dir / "checkpoints" / "last.pt"
+        config = phase_config(cfg, None)
+        if result_path.exists():
+            result = json.loads(result_path.read_text())
+            _check_phase(phase_dir, result.get("config"), config, finished=True)
+            if not result.get("diverged") and ckpt.exists():
+                model.load_state_dict(load_checkpoint(ckpt)["model"])
+            return result
+        resolved = cfg.stage_configs()
+        stages: list[dict[str, Any]] = []
+        diverged, sdir = None, phase_dir
+        for i, (st, scfg) in enumerate(resolved, 1):
+            sdir = phase_dir / f"stage{i}-{st.params}"
+            with trainable(model, st.params):
+                r = self._train_phase(sdir, model, data, scfg, seed + i - 1, f"{label} stage {i}/{len(resolved)} "
+                                      f"({st.params})", resolution, stage={"index": i, "of": len(resolved),
+                                                                           "params": st.params})
+            stages.append({"stage": i, "params": st.params, "optimizer": scfg.optimizer.name, "epochs": scfg.epochs,
+                           **{k: r[k] for k in ("metrics", "seconds", "train_seconds", "diverged")}})
+            if r.get("diverged"):
+                diverged = {**r["diverged"], "stage": i}
+                break
+        if diverged is None:
+            save_checkpoint(ckpt, load_checkpoint(sdir / "checkpoints" / "last.pt"))
+        metrics = [{**m, "stage": s["stage"]} for s in stages for m in s["metrics"]]
+        write_metrics(phase_dir / "metrics.jsonl", metrics)
+        result = {"resolution": resolution, "metrics": metrics, "seconds": sum(s["seconds"] for s in stages),
+                  "train_seconds": sum(s["train_seconds"] for s in stages), "diverged": diverged,
+                  "stages": [{k: v for k, v in s.items() if k != "metrics"} | {"epochs_done": len(s["metrics"])}
+                             for s in stages], "config": config}
         _write_json(result_path, result)
         return result
 
@@ -458,6 +502,21 @@ def variant_curve(v: Variant, trial: dict[str, Any], coarse_resolution: int) -> 
     return points
 
 
+def stage_accuracies(phase: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per stage of a staged phase: training/test accuracy at its start (before its first step), after
+    its first epoch (the thesis's "Initial") and at its end ("After") — thesis Table 4.3."""
+    out, start = [], {"train": phase["at_transfer"]["train_acc"], "test": phase["at_transfer"]["test_acc"]}
+    for st in phase["stages"]:
+        rows = [m for m in phase["metrics"] if m.get("stage") == st["stage"]]
+        pick = (lambda m: {"train": m.get("train_eval_acc"), "test": m.get("test_acc")})  # noqa: E731
+        entry = {"stage": st["stage"], "params": st["params"], "optimizer": st["optimizer"], "epochs": st["epochs"],
+                 "start": start, "initial": pick(rows[0]) if rows else None,
+                 "end": pick(rows[-1]) if rows and not st.get("diverged") else None}
+        out.append(entry)
+        start = entry["end"] or {"train": None, "test": None}
+    return out
+
+
 def is_collapsed(acc_final: float | None, acc_at_transfer: float | None, chance: float) -> bool:
     """At chance after fine training, or far below the accuracy right after the transfer (DESIGN §9)."""
     if acc_final is None or not math.isfinite(acc_final):
@@ -476,7 +535,7 @@ def summarize(recipe: CoarseToFineRecipe, vs: list[Variant], trials: list[dict[s
     for v in vs:
         keys = ("acc_at_transfer", "acc_after_first_epoch", "acc_final", "train_acc_at_transfer",
                 "train_acc_after_first_epoch", "train_acc_final", "seconds", "train_seconds", "coarse_seconds",
-                "transfer_seconds", "fine_seconds", "diverged", "collapsed", "skipped", "curve")
+                "transfer_seconds", "fine_seconds", "diverged", "collapsed", "skipped", "curve", "stages")
         rows: dict[str, list[Any]] = {k: [] for k in keys}
         for t in trials:
             e = t["variants"][v.label]
@@ -507,6 +566,7 @@ def summarize(recipe: CoarseToFineRecipe, vs: list[Variant], trials: list[dict[s
             rows["skipped"].append(e.get("skipped"))
             rows["collapsed"].append(is_collapsed(final, at if v.strategy not in BASELINES else None, chance))
             rows["curve"].append(variant_curve(v, t, recipe.resolutions[0]))
+            rows["stages"].append(stage_accuracies(last) if last and last.get("stages") else None)
         strategies[v.label] = {"strategy": v.strategy, "lam": v.lam, "policy": v.policy, **rows}
     baseline = next((b for b in ("fine-only", "fresh") if b in strategies), None)
     summary = {"recipe": to_plain(recipe), "resolutions": recipe.resolutions, "trials": len(trials),

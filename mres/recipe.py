@@ -68,13 +68,40 @@ NATIVE_RESOLUTION = {"fashion-mnist": 28, "mnist": 28, "cifar10": 32, "cifar100"
 
 
 # ----------------------------------------------------------------------------- training
+SGD_LIKE_KEYS = ("lr", "momentum", "nesterov", "weight_decay", "betas")
+TRUST_REGION_KEYS = ("radius", "max_radius", "eta", "max_cg_iters")
+
+
 class OptimizerConfig(Strict):
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    name: Literal["sgd", "adam", "adamw", "cg-steihaug"] = "sgd"
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5.0e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
+    # cg-steihaug (mres/optim.py): a trust-region Newton-CG step per batch
+    radius: float = Field(1.0, gt=0, description="cg-steihaug: initial trust-region radius")
+    max_radius: float = Field(1000.0, gt=0, description="cg-steihaug: largest radius")
+    eta: float = Field(0.15, ge=0, lt=0.25, description="cg-steihaug: accept a step when ρ > eta")
+    max_cg_iters: int | None = Field(None, ge=1, description="cg-steihaug: inner CG iterations (null: until an exit)")
+
+    @model_validator(mode="after")
+    def _keys_of_this_optimizer(self) -> "OptimizerConfig":
+        # a key of the other kind of optimizer would be silently ignored: refuse it instead
+        # (a default value is allowed: resolved recipes are written out with every key)
+        other = SGD_LIKE_KEYS if self.name == "cg-steihaug" else TRUST_REGION_KEYS
+        given = [k for k in other if k in self.model_fields_set
+                 and getattr(self, k) != type(self).model_fields[k].default]
+        if given:
+            allowed = TRUST_REGION_KEYS if self.name == "cg-steihaug" else SGD_LIKE_KEYS
+            raise ValueError(f"{', '.join(given)} do not apply to optimizer {self.name!r} (its keys: "
+                             f"{', '.join(allowed)}); for cg-steihaug use a model regularisation term "
+                             "(e.g. the cnn's tikhonov) instead of weight_decay" if self.name == "cg-steihaug"
+                             else f"{', '.join(given)} apply to cg-steihaug only (keys of {self.name!r}: "
+                             f"{', '.join(allowed)})")
+        if self.radius > self.max_radius:
+            raise ValueError(f"radius {self.radius} exceeds max_radius {self.max_radius}")
+        return self
 
 
 class ScheduleConfig(Strict):
@@ -101,6 +128,54 @@ class TrainConfig(Strict):
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     deterministic: bool = False
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+    stages: list["StageConfig"] | None = Field(
+        None, description="train in stages (e.g. the classifier alone, then all); epochs: their sum")
+
+    @model_validator(mode="after")
+    def _stages_and_schedule(self) -> "TrainConfig":
+        if self.optimizer.name == "cg-steihaug":
+            if "schedule" in self.model_fields_set and self.schedule.name != "constant":
+                raise ValueError(f"schedule {self.schedule.name!r} does not apply to optimizer cg-steihaug (its "
+                                 "trust-region radius sets the step length): remove the schedule or use constant")
+            object.__setattr__(self, "schedule", ScheduleConfig(name="constant"))
+        if self.stages:
+            total = sum(st.epochs for st in self.stages)
+            if "epochs" in self.model_fields_set and self.epochs != total:
+                raise ValueError(f"epochs {self.epochs} differ from the sum of the stages' epochs ({total}): "
+                                 "drop epochs (it is their sum) or make them agree")
+            object.__setattr__(self, "epochs", total)  # not validate_assignment: fields_set stays as given
+        return self
+
+    def stage_configs(self) -> list[tuple["StageConfig", "TrainConfig"]]:
+        """Each stage with its resolved train block: the stage's keys over this block's (an optimizer or
+        schedule given in a stage replaces the whole block; a cg-steihaug stage has no lr schedule)."""
+        out = []
+        for st in self.stages or []:
+            over = {k: v for k, v in st.model_dump(exclude={"params"}).items() if v is not None}
+            base = self.model_dump(exclude={"stages", "epochs", *over})
+            if st.optimizer is not None and st.optimizer.name == "cg-steihaug" and "schedule" not in over:
+                base.pop("schedule", None)
+            out.append((st, TrainConfig.model_validate({**base, **over})))
+        return out
+
+
+STAGE_PARAMS = ("all", "classifier", "features")
+
+
+class StageConfig(Strict):
+    """One stage of a staged phase: which parameters train (the rest are frozen: no update, no
+    weight decay), for how many epochs, and the keys of the train block that differ."""
+
+    params: Literal["all", "classifier", "features"] = Field(
+        "all", description="all; classifier (the model's last linear layer); features (all but the classifier)")
+    epochs: int = Field(..., ge=1)
+    optimizer: OptimizerConfig | None = None
+    schedule: ScheduleConfig | None = None
+    batch_size: int | None = Field(None, ge=1)
+    grad_clip: float | None = Field(None, gt=0, description="null: the block's")
+
+
+TrainConfig.model_rebuild()
 
 
 class ModelBlock(BaseModel):
@@ -221,7 +296,7 @@ class CoarseToFineRecipe(RecipeBase):
                 and isinstance(data.get("fine_only", {}) or {}, dict):
             # known keys only (a bad coarse key is reported once, under coarse); schedule shorthand as a block
             base = {k: _schedule_block(k, v) for k, v in (data.get("coarse") or {}).items()
-                    if k != "epochs" and k in TrainConfig.model_fields}
+                    if k not in ("epochs", "stages") and k in TrainConfig.model_fields}
             over = {k: _schedule_block(k, v) for k, v in (data.get("fine_only") or {}).items()}
             data = {**data, "fine_only": _deep_merge(base, over)}
         return data
@@ -265,6 +340,16 @@ class CoarseToFineRecipe(RecipeBase):
                                      f"{getattr(c, key)!r}: schedule_scope 'run' plans one schedule (the coarse "
                                      "block's) over every phase; fine.schedule.warmup_epochs is a warm-up after "
                                      "each transfer"))
+        for block in ("coarse", "fine"):
+            if getattr(self, block).stages:
+                clash = [k for k, on in (("schedule_scope: run", self.schedule_scope == "run"),
+                                         ("carry_optimizer", self.carry_optimizer),
+                                         ("epochs_per_grid", self.epochs_per_grid is not None),
+                                         ("coarse_batch_scaling", self.coarse_batch_scaling and block == "coarse"))
+                         if on]
+                if clash:
+                    problems.append((f"{block}.stages", f"a staged block plans each stage on its own; it does not "
+                                     f"combine with {', '.join(clash)}"))
         if self.carry_optimizer:
             for block in ("coarse", "fine"):
                 o = getattr(self, block).optimizer

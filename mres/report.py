@@ -83,6 +83,7 @@ def write_report(run_dir: Path) -> Path:
                      _ms(s["train_acc_final"]), _ms(s["acc_final"]),
                      f"{sum(s['diverged'])}/{len(s['diverged'])}", _collapsed_cell(s)])
     sections.append(("table", head, rows))
+    sections += _stage_sections(summary)
     sections += _status_sections(summary)
     sections += _statistics_sections(summary)
     sections += _tta_sections(summary, figs)
@@ -106,6 +107,35 @@ def write_report(run_dir: Path) -> Path:
     (run_dir / "report.md").write_text(md)
     (run_dir / "report.html").write_text(_render_html(sections, title=sections[0][1]))
     return run_dir / "report.md"
+
+
+def _stage_sections(summary: dict[str, Any]) -> list[Section]:
+    """Staged retraining in the thesis Table 4.3 layout: per stage, accuracy after its first epoch
+    ("Initial": training and validation) and at its end ("After": validation)."""
+    staged = {k: s for k, s in summary["strategies"].items() if any(s.get("stages") or [])}
+    if not staged:
+        return []
+    first = next(t for s in staged.values() for t in s["stages"] if t)
+    names = [f"{st['params']} ({st['optimizer']}, {st['epochs']} ep.)" for st in first]
+
+    def cells(s: dict[str, Any], i: int, when: str, split: str) -> str:
+        return _ms([(t[i][when] or {}).get(split) if t and i < len(t) else None for t in s["stages"]])
+
+    head = ["strategy"] + [f"{n}: {c}" for n in names for c in ("Initial train", "Initial val.", "After val.")]
+    rows = [[label] + [cells(s, i, w, sp) for i in range(len(names))
+                       for w, sp in (("initial", "train"), ("initial", "test"), ("end", "test"))]
+            for label, s in staged.items()]
+    start_head = ["strategy"] + [f"{n}: {c}" for n in names for c in ("start train", "start val.", "After train")]
+    start_rows = [[label] + [cells(s, i, w, sp) for i in range(len(names))
+                             for w, sp in (("start", "train"), ("start", "test"), ("end", "train"))]
+                  for label, s in staged.items()]
+    return [("h2", "Staged retraining (thesis Table 4.3 layout)"),
+            ("p", "Per stage of the fine phase: \"Initial\" is the accuracy after the stage's first epoch, "
+                  "\"After\" at its end (thesis §4.2's definitions); training accuracy is on the whole fine "
+                  "training set in eval mode, validation on the test split. Frozen parameters get no update."),
+            ("table", head, rows),
+            ("p", "The same stages: accuracy before each stage's first step, and training accuracy at its end."),
+            ("table", start_head, start_rows)]
 
 
 def _num(x: float | None, digits: int) -> str:

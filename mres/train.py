@@ -14,9 +14,10 @@ import os
 import random
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .checkpoint import remove_stale_temps, save_checkpoint
 from .data import TensorData, iterate_batches, num_batches
 from .errors import DivergedError, Interrupted, UserError
+from .optim import CGSteihaug
 from .recipe import AugmentConfig, OptimizerConfig, ScheduleConfig, TrainConfig, TrainRecipe
 
 console = Console(stderr=True)
@@ -63,7 +65,10 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen parameters: no update, no decay
+    if cfg.name == "cg-steihaug":
+        return CGSteihaug(params, radius=cfg.radius, max_radius=cfg.max_radius, eta=cfg.eta,
+                          max_cg_iters=cfg.max_cg_iters)
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                                weight_decay=cfg.weight_decay)
@@ -130,6 +135,34 @@ class LRPlan:
         return f
 
 
+def classifier_module(model: nn.Module) -> nn.Module:
+    """The model's classifier: its ``classifier`` or ``head`` attribute, else its last linear layer."""
+    for name in ("classifier", "head"):
+        m = getattr(model, name, None)
+        if isinstance(m, nn.Module):
+            return m
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise UserError(f"{type(model).__name__} has no linear classifier: stages with params 'classifier' or "
+                        "'features' need one")
+    return linears[-1]
+
+
+@contextmanager
+def trainable(model: nn.Module, which: str) -> Iterator[None]:
+    """Train only ``which`` (all | classifier | features) inside the block; restore requires_grad after."""
+    before = {p: p.requires_grad for p in model.parameters()}
+    if which != "all":
+        head = {id(p) for p in classifier_module(model).parameters()}
+        for p in model.parameters():
+            p.requires_grad_(before[p] and ((id(p) in head) == (which == "classifier")))
+    try:
+        yield
+    finally:
+        for p, flag in before.items():
+            p.requires_grad_(flag)
+
+
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
@@ -187,7 +220,8 @@ def fit(
     opt = build_optimizer(model, cfg.optimizer)
     spe = num_batches(len(data.y_train), cfg.batch_size)
     plan = lr_plan or LRPlan.for_phase(cfg.schedule, spe, cfg.epochs)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, plan.factor)
+    trust_region = isinstance(opt, CGSteihaug)  # its radius sets the step: no lr schedule
+    sched = None if trust_region else torch.optim.lr_scheduler.LambdaLR(opt, plan.factor)
     aug = augment or AugmentConfig()
     # crop padding is given at the dataset's native resolution; scale it to this grid
     pad = int(round(aug.crop_padding * data.resolution / (data.native_resolution or data.resolution)))
@@ -196,11 +230,12 @@ def fit(
     if resume is not None:
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
+        if sched is not None:
+            sched.load_state_dict(resume["scheduler"])
         _set_rng(resume["rng"], gen)
         start_epoch, metrics = int(resume["epoch"]), list(resume["metrics"])
         prior_seconds = float(resume.get("seconds_so_far", 0.0))
-    elif momentum:
+    elif momentum and not trust_region:
         set_momentum(model, opt, momentum)
     if ckpt_path is not None:
         remove_stale_temps(ckpt_path)
@@ -213,27 +248,37 @@ def fit(
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             model.train()
+            _frozen_norms_eval(model)
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
             correct = torch.zeros((), device=device, dtype=torch.int64)
-            seen = 0
+            seen = accepted = 0
             for step, (xb, yb) in enumerate(iterate_batches(data.x_train, data.y_train, cfg.batch_size, gen,
                                                             crop_padding=pad, flip=aug.flip)):
                 if cfg.channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
+
+                def objective(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
+                    reg = regularization() if regularization is not None else None
+                    return loss, (loss if reg is None else loss + reg)
+
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     out = model(xb)
-                    loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
-                reg = regularization() if regularization is not None else None
-                total = loss if reg is None else loss + reg
+                    loss, total = objective(out)
                 if not torch.isfinite(total):
                     raise DivergedError(f"{label}: non-finite loss ({total.item()}) at epoch {epoch + 1}, "
                                         f"step {step + 1}; {_kept(ckpt_path)}", epoch + 1, step + 1, metrics)
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                if cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                sched.step()
+                if trust_region:  # one trust-region step on this batch, its ratio test on this batch too
+                    opt.step(lambda: objective(model(xb))[1], loss=total)
+                    accepted += int(opt.last["accepted"])
+                else:
+                    lr_used = opt.param_groups[0]["lr"]
+                    opt.zero_grad(set_to_none=True)
+                    total.backward()
+                    if cfg.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                    sched.step()
                 loss_sum += loss.detach().double() * len(yb)
                 correct += (out.detach().argmax(1) == yb).sum()
                 seen += len(yb)
@@ -242,8 +287,11 @@ def fit(
                 torch.cuda.synchronize(device)
             train_seconds = time.perf_counter() - t0
             test_loss, test_acc = evaluate(model, data.x_test, data.y_test, cfg.eval_batch_size, cfg.channels_last)
-            row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": float(loss_sum) / seen,
-                   "train_acc": float(correct) / seen, "test_loss": test_loss, "test_acc": test_acc}
+            row = {"epoch": epoch + 1, "lr": None if trust_region else lr_used,  # the epoch's last step's
+                   "train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen,
+                   "test_loss": test_loss, "test_acc": test_acc}
+            if trust_region:
+                row["radius"], row["accepted_steps"] = opt.param_groups[0]["radius"], accepted / max(1, step + 1)
             if eval_train:
                 row["train_eval_loss"], row["train_eval_acc"] = evaluate(
                     model, data.x_train, data.y_train, cfg.eval_batch_size, cfg.channels_last)
@@ -259,12 +307,21 @@ def fit(
             if ckpt_path is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
                 save_checkpoint(ckpt_path, {
                     **(extra or {}), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "epoch": epoch + 1, "rng": _get_rng(gen),
+                    "scheduler": sched.state_dict() if sched is not None else {}, "epoch": epoch + 1, "rng": _get_rng(gen),
                     "metrics": metrics, "seconds_so_far": prior_seconds + time.perf_counter() - t_start})
             bar.epoch_done(row)
             if on_epoch is not None:
                 on_epoch(row)
     return metrics
+
+
+def _frozen_norms_eval(model: nn.Module) -> None:
+    """Normalisation layers whose parameters are all frozen keep their running statistics too."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase):
+            ps = list(m.parameters(recurse=False))
+            if ps and not any(p.requires_grad for p in ps):
+                m.eval()
 
 
 def _kept(ckpt_path: Path | None) -> str:

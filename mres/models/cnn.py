@@ -43,7 +43,10 @@ class CNNOptions(ModelOptions):
     pool: bool = False
     width1: int = Field(32, ge=1)  # channels of conv1
     width2: int = Field(64, ge=1)  # channels of conv2
-    classifier_init: Literal["normal", "dct-smooth"] = "normal"  # thesis §3.2.1
+    # thesis §3.2.1: dct-uniform = U(-0.2, 0.2) draws damped in DCT space, at that scale;
+    # dct-smooth = the same images rescaled to a normal init's variance (1/fan-in)
+    classifier_init: Literal["normal", "dct-smooth", "dct-uniform"] = "normal"
+    tikhonov: float = Field(0.0, ge=0, allow_inf_nan=False)  # thesis R(θ) = ½α‖θ‖² on the conv weights (0 = off)
     smooth_classifier: float = Field(0.0, ge=0, allow_inf_nan=False)  # weight α of the finite-difference penalty on class images (0 = off)
 
 
@@ -55,10 +58,11 @@ class ThesisCNN(nn.Module):
         self.conv2 = nn.Conv2d(opts.width1, opts.width2, 3, padding=1, bias=False)
         side = resolution // 2 if opts.pool else resolution
         self.classifier = GridLinear(opts.width2, side, side, num_classes)
-        self.smooth_classifier = opts.smooth_classifier
-        if opts.classifier_init == "dct-smooth":
+        self.smooth_classifier, self.tikhonov = opts.smooth_classifier, opts.tikhonov
+        if opts.classifier_init != "normal":
             with torch.no_grad():
-                self.classifier.weight.copy_(dct_smooth_init(self.classifier.weight_images()).flatten(1))
+                w = dct_smooth_init(self.classifier.weight_images(), rescale=opts.classifier_init == "dct-smooth")
+                self.classifier.weight.copy_(w.flatten(1))
 
     def stages(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
         """Feature maps after every stage (used by features pictures and diagnostics)."""
@@ -79,18 +83,22 @@ class ThesisCNN(nn.Module):
         return self.classifier(x)
 
     def regularization(self) -> torch.Tensor | None:
-        """Thesis R(w) = ½α‖∇_h w‖²: finite-difference gradient of each class's weight image.
+        """The thesis's R(θ, w) = ½·tikhonov·‖θ‖² + ½α‖∇_h w‖², added once to the batch-mean loss.
 
+        θ: the conv weights (bias-free); w: each class's weight image, ∇_h its finite differences.
         α is given for the finest (reference) grid and scaled ×4 per coarsening, the Riemann-sum
         area ratio (seed 003 §3.2.1): α_grid = α · (reference / resolution)².
         """
-        if self.smooth_classifier <= 0:
-            return None
-        w = self.classifier.weight_images()
-        dx = w[..., :, 1:] - w[..., :, :-1]
-        dy = w[..., 1:, :] - w[..., :-1, :]
-        alpha = self.smooth_classifier * self.classifier_area_scale
-        return 0.5 * alpha * (dx.pow(2).sum() + dy.pow(2).sum())
+        terms = []
+        if self.tikhonov > 0:
+            terms.append(0.5 * self.tikhonov * (self.conv1.weight.pow(2).sum() + self.conv2.weight.pow(2).sum()))
+        if self.smooth_classifier > 0:
+            w = self.classifier.weight_images()
+            dx = w[..., :, 1:] - w[..., :, :-1]
+            dy = w[..., 1:, :] - w[..., :-1, :]
+            alpha = self.smooth_classifier * self.classifier_area_scale
+            terms.append(0.5 * alpha * (dx.pow(2).sum() + dy.pow(2).sum()))
+        return sum(terms) if terms else None  # type: ignore[return-value]
 
     @property
     def classifier_area_scale(self) -> float:
@@ -99,10 +107,11 @@ class ThesisCNN(nn.Module):
         return float((ref / self.resolution) ** 2)
 
 
-def dct_smooth_init(w: torch.Tensor, bound: float = 0.2, keep: float = 0.25) -> torch.Tensor:
+def dct_smooth_init(w: torch.Tensor, bound: float = 0.2, keep: float = 0.25, rescale: bool = True) -> torch.Tensor:
     """Smooth random class-weight images (thesis Fig. 3.1): U(-bound, bound) draws, damped in DCT space.
 
-    High DCT frequencies are attenuated with a Gaussian roll-off so each image is smooth.
+    High DCT frequencies are attenuated with a Gaussian roll-off so each image is smooth. ``rescale``:
+    give the result a plain normal init's variance (1/fan-in) instead of the damped draws' own.
     """
     from scipy.fft import dctn, idctn
 
@@ -113,6 +122,8 @@ def dct_smooth_init(w: torch.Tensor, bound: float = 0.2, keep: float = 0.25) -> 
     kx = torch.arange(wd, dtype=torch.float64)[None, :] / wd
     damp = torch.exp(-((ky**2 + kx**2) / (2 * keep**2))).numpy()
     smooth = idctn(coeff * damp, axes=(-2, -1), norm="ortho")
+    if not rescale:
+        return torch.as_tensor(smooth, dtype=w.dtype)
     # keep the variance of a plain normal init of a linear layer of this fan-in
     fan_in = math.prod(w.shape[1:])
     t = torch.as_tensor(smooth, dtype=w.dtype)
