@@ -121,17 +121,20 @@ def _stage_sections(summary: dict[str, Any]) -> list[Section]:
     def cells(s: dict[str, Any], i: int, when: str, split: str) -> str:
         return _ms([(t[i][when] or {}).get(split) if t and i < len(t) else None for t in s["stages"]])
 
-    head = ["strategy"] + [f"{n}: {c}" for n in names for c in ("Initial train", "Initial val.", "After val.")]
+    legend = "; ".join(f"S{i + 1}: {n}" for i, n in enumerate(names))
+    head = ["strategy"] + [f"S{i + 1} {c}" for i in range(len(names)) for c in ("Initial train", "Initial val.",
+                                                                                 "After val.")]
     rows = [[label] + [cells(s, i, w, sp) for i in range(len(names))
                        for w, sp in (("initial", "train"), ("initial", "test"), ("end", "test"))]
             for label, s in staged.items()]
-    start_head = ["strategy"] + [f"{n}: {c}" for n in names for c in ("start train", "start val.", "After train")]
+    start_head = ["strategy"] + [f"S{i + 1} {c}" for i in range(len(names)) for c in ("start train", "start val.",
+                                                                                       "After train")]
     start_rows = [[label] + [cells(s, i, w, sp) for i in range(len(names))
                              for w, sp in (("start", "train"), ("start", "test"), ("end", "train"))]
                   for label, s in staged.items()]
     return [("h2", "Staged retraining (thesis Table 4.3 layout)"),
-            ("p", "Per stage of the fine phase: \"Initial\" is the accuracy after the stage's first epoch, "
-                  "\"After\" at its end (thesis §4.2's definitions); training accuracy is on the whole fine "
+            ("p", f"Stages of the fine phase — {legend}. \"Initial\" is the accuracy after the stage's first "
+                  "epoch, \"After\" at its end (thesis §4.2's definitions); training accuracy is on the whole fine "
                   "training set in eval mode, validation on the test split. Frozen parameters get no update."),
             ("table", head, rows),
             ("p", "The same stages: accuracy before each stage's first step, and training accuracy at its end."),
