@@ -123,9 +123,39 @@ def stencil_map_is_exact(family: str | OperatorFamily, size: int = 3) -> bool:
     return (s + reach) // 2 <= s
 
 
-def stencil_map(family: str | OperatorFamily, size: int = 3) -> torch.Tensor:
-    """2-D Galerkin map ``M = M1 ⊗ M1`` (size² × size², float64) on row-major flattened stencils."""
-    m1 = stencil_map_1d(family, size)
+def strided_stencil_map_1d(family: str | OperatorFamily, size: int = 3) -> torch.Tensor:
+    """1-D Galerkin map of a stride-2 conv ``S K(θ)`` (S keeps every other output): ``R S K(θ_h) P = S K(θ_2h)``.
+
+    ``(R S K P y)_I = Σ_α r_α Σ_k θ_k (P y)_{4I+2α+k}`` and ``(P y)_{2J+β} = p_β y_J``; with
+    ``J = 2I + m``, ``k = 2m + β − 2α``, so ``M1s[m, k] = Σ_{α,β: k−β+2α = 2m} r_α p_β``. Exact when
+    no term lands beyond offset ``s`` (:func:`strided_stencil_map_is_exact`); for average-constant
+    it is ``[[½,0,0],[½,½,½],[0,½,½]]`` (rank 2).
+    """
+    s = _check_size(size)
+    fam = get_family(family)
+    m1 = torch.zeros(size, size, dtype=torch.float64)
+    for a, ra in zip(fam.r_offsets, fam.r_weights):
+        for b, pb in zip(fam.p_offsets, fam.p_weights):
+            for k in range(-s, s + 1):
+                if (k - b + 2 * a) % 2 == 0 and abs(m := (k - b + 2 * a) // 2) <= s:
+                    m1[m + s, k + s] += ra * pb
+    return m1
+
+
+def strided_stencil_map_is_exact(family: str | OperatorFamily, size: int = 3) -> bool:
+    """Whether ``R S K(θ_h) P`` of every size×size ``θ_h`` is a stride-2 conv with a size×size stencil."""
+    s = _check_size(size)
+    fam = get_family(family)
+    return all(abs((k - b + 2 * a) // 2) <= s for a in fam.r_offsets for b in fam.p_offsets
+               for k in range(-s, s + 1) if (k - b + 2 * a) % 2 == 0)
+
+
+def stencil_map(family: str | OperatorFamily, size: int = 3, stride: int = 1) -> torch.Tensor:
+    """2-D Galerkin map ``M = M1 ⊗ M1`` (size² × size², float64) on row-major flattened stencils;
+    ``stride=2``: the map of a stride-2 conv (:func:`strided_stencil_map_1d`)."""
+    if stride not in (1, 2):
+        raise ValueError(f"stencil maps exist for stride 1 and 2, got {stride}")
+    m1 = stencil_map_1d(family, size) if stride == 1 else strided_stencil_map_1d(family, size)
     return torch.kron(m1, m1)
 
 
@@ -137,23 +167,25 @@ def _kernel_size(weight: torch.Tensor) -> int:
     return k
 
 
-def restrict_stencils(weight: torch.Tensor, family: str | OperatorFamily) -> torch.Tensor:
+def restrict_stencils(weight: torch.Tensor, family: str | OperatorFamily, stride: int = 1) -> torch.Tensor:
     """Fine → coarse stencils: ``θ_2h = M θ_h`` for every leading index (channel pair) at once.
 
     ``weight``: (..., k, k), e.g. a conv weight (C_out, C_in/groups, k, k). One matmul in float64;
-    the result has the input's shape and dtype.
+    the result has the input's shape and dtype. ``stride=2``: the stride-2 map.
     """
     k = _kernel_size(weight)
-    if not stencil_map_is_exact(family, k):
+    exact = stencil_map_is_exact(family, k) if stride == 1 else strided_stencil_map_is_exact(family, k)
+    if not exact:
         warnings.warn(
-            f"{get_family(family).name}: the coarse operator of a {k}×{k} stencil is wider than "
-            f"{k}×{k}; restriction truncates it", stacklevel=2)
-    m = stencil_map(family, k).to(weight.device)
+            f"{get_family(family).name}: the coarse operator of a {k}×{k} stencil{' (stride 2)' * (stride == 2)} "
+            f"is wider than {k}×{k}; restriction truncates it", stacklevel=2)
+    m = stencil_map(family, k, stride).to(weight.device)
     flat = weight.reshape(-1, k * k).to(torch.float64)
     return (flat @ m.T).reshape(weight.shape).to(weight.dtype)
 
 
-def prolongate_stencils(weight: torch.Tensor, family: str | OperatorFamily, lam: float = 0.0) -> torch.Tensor:
+def prolongate_stencils(weight: torch.Tensor, family: str | OperatorFamily, lam: float = 0.0,
+                        stride: int = 1) -> torch.Tensor:
     """Coarse → fine stencils: solve ``M θ_h = θ_2h`` for every leading index at once.
 
     ``lam > 0`` returns ``argmin ‖M θ_h − θ_2h‖² + lam ‖θ_h − θ_2h‖²`` (normal equations
@@ -163,22 +195,25 @@ def prolongate_stencils(weight: torch.Tensor, family: str | OperatorFamily, lam:
 
     Kernels larger than 3×3 have a badly conditioned (5×5 average-bilinear: cond ≈ 916) or
     singular M; they are solved by (regularised) least squares — minimum-norm when
-    ``lam == 0`` — and a warning is issued.
+    ``lam == 0`` — and a warning is issued. So is every stride-2 map (rank 4 of 9 for 3×3
+    average-constant): a coarse stencil outside its range has no exact fine preimage.
     """
     if lam < 0 or not math.isfinite(lam):
         raise ValueError(f"lam must be a finite number >= 0, got {lam}")
     k = _kernel_size(weight)
-    m = stencil_map(family, k).to(weight.device)
+    m = stencil_map(family, k, stride).to(weight.device)
     rhs = weight.reshape(-1, k * k).to(torch.float64).T  # (k², channels)
-    if k > 3:
+    singular = k > 3 or stride == 2
+    if singular:
+        what = "ill-conditioned or singular" if stride == 1 else f"rank {int(torch.linalg.matrix_rank(m))} of {k * k}"
         warnings.warn(
-            f"prolongating {k}×{k} stencils with {get_family(family).name}: M is ill-conditioned or "
-            f"singular (cond = {torch.linalg.cond(m).item():.3g}); using least squares with lam={lam}",
+            f"prolongating {k}×{k}{' stride-2' * (stride == 2)} stencils with {get_family(family).name}: M is "
+            f"{what} (cond = {torch.linalg.cond(m).item():.3g}); using least squares with lam={lam}",
             stacklevel=2)
     if lam > 0:
         eye = torch.eye(k * k, dtype=torch.float64, device=m.device)
         sol = torch.linalg.solve(m.T @ m + lam * eye, m.T @ rhs + lam * rhs)
-    elif k > 3:
+    elif singular:
         sol = torch.linalg.pinv(m) @ rhs
     else:
         sol = torch.linalg.solve(m, rhs)

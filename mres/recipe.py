@@ -200,6 +200,14 @@ class TrainRecipe(RecipeBase):
     resolution: int = Field(28, ge=1)
     train: TrainConfig = TrainConfig()
 
+    @field_validator("train")
+    @classmethod
+    def _one_stage(cls, v: TrainConfig) -> TrainConfig:
+        if v.stages:
+            raise ValueError("stages run in coarse-to-fine phases (coarse.stages, fine.stages); `mres train` trains "
+                             "all parameters in one stage — drop train.stages, or give each stage its own run")
+        return v
+
     def grid_resolutions(self) -> list[int]:
         return [self.resolution]
 
@@ -340,6 +348,9 @@ class CoarseToFineRecipe(RecipeBase):
                                      f"{getattr(c, key)!r}: schedule_scope 'run' plans one schedule (the coarse "
                                      "block's) over every phase; fine.schedule.warmup_epochs is a warm-up after "
                                      "each transfer"))
+        if self.fine_only.stages:
+            problems.append(("fine_only.stages", "the fine-only baseline trains in one stage (its epochs are "
+                             "budget-matched); stages belong in coarse or fine"))
         for block in ("coarse", "fine"):
             if getattr(self, block).stages:
                 clash = [k for k, on in (("schedule_scope: run", self.schedule_scope == "run"),

@@ -8,11 +8,12 @@ layer / tensor                              rule
 ``nn.Conv2d`` k×k weight, k odd ≥ 3          stencil map: ``galerkin`` / ``galerkin-reg`` solve
 (stride 1 or 2, any groups)                 ``M θ_h = θ_2h`` (prolongate) or apply ``θ_2h = M θ_h``
                                             (restrict); ``transfer`` copies; ``dilate`` copies
-                                            and doubles the fine conv's dilation. Stride-2 convs
-                                            are sampling ∘ stencil: M acts on the grid the conv
-                                            reads from, the stride is kept — an approximation
-                                            for every family (sampling keeps one cell of each
-                                            pair where R averages it; a test pins the error).
+                                            and doubles the fine conv's dilation. Stride 2:
+                                            ``average-constant`` has an exact map of S∘K
+                                            (``grids.strided_stencil_map_1d``, rank 2 per axis):
+                                            restriction exact, prolongation least squares with
+                                            the ``lams`` regularisation (warned). Other families:
+                                            the stride-1 map, an approximation (kind ``…-approx``).
                                             k > 3: (regularised) least squares with a warning.
 1×1 convs, biases, BN (affine + running     copied (pointwise, resolution-free)
 stats), ``nn.Linear`` after a global pool
@@ -58,6 +59,7 @@ from .grids import (
     prolongate_images,
     restrict_dual_images,
     prolongate_stencils,
+    strided_stencil_map_is_exact,
     restrict_images,
     restrict_stencils,
 )
@@ -98,9 +100,15 @@ def is_grid_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) and isinstance(grid, tuple) and len(grid) == 3
 
 
-def galerkin_residual(fine: torch.Tensor, coarse: torch.Tensor, family: str) -> float:
+def map_stride(stride: int, family: str, size: int) -> int:
+    """The stencil map a conv of this stride moves by: the stride-2 map where it is exact for the family
+    (average-constant), else the stride-1 map (for a stride-2 conv an approximation)."""
+    return 2 if stride == 2 and strided_stencil_map_is_exact(family, size) else 1
+
+
+def galerkin_residual(fine: torch.Tensor, coarse: torch.Tensor, family: str, stride: int = 1) -> float:
     """``‖M θ_h − θ_2h‖ / ‖θ_2h‖`` (nan when the coarse kernel is zero)."""
-    restricted = restrict_stencils(fine.detach().to(torch.float64), family)
+    restricted = restrict_stencils(fine.detach().to(torch.float64), family, stride)
     coarse = coarse.detach().to(torch.float64)
     denom = coarse.norm().item()
     return (restricted - coarse).norm().item() / denom if denom > 0 else float("nan")
@@ -196,7 +204,7 @@ def transfer_weights(
                 continue  # e.g. BN's num_batches_tracked: moved, but no norm to report
             before = s_t.detach().double().norm().item()
             after = d_t.detach().double().norm().item()
-            residual = mover.residual(s_t, d_t) if stencil else None
+            residual = mover.residual(s_t, d_t, kind) if stencil else None
             diags.append(LayerDiag(full, kind, before, after, after / before if before > 0 else float("nan"), residual))
     return diags
 
@@ -263,9 +271,10 @@ class _Mover:
         # per smoothing level (move_coefficients) once every tensor has moved.
         return self._copy(full, s_t, d_t)
 
-    def residual(self, s_t: torch.Tensor, d_t: torch.Tensor) -> float:
+    def residual(self, s_t: torch.Tensor, d_t: torch.Tensor, kind: str = "") -> float:
         fine, coarse = (d_t, s_t) if self.direction == "prolongate" else (s_t, d_t)
-        return galerkin_residual(fine, coarse, self.family)
+        exact_s2 = "-s2" in kind and not kind.endswith("-approx")
+        return galerkin_residual(fine, coarse, self.family, stride=2 if exact_s2 else 1)
 
     def _conv(self, full: str, s_mod: nn.Conv2d, d_mod: nn.Conv2d, s_t: torch.Tensor,
               d_t: torch.Tensor) -> tuple[torch.Tensor | None, str, bool]:
@@ -281,6 +290,9 @@ class _Mover:
             warnings.warn(f"{full}: no grid rule for a {kh}×{kw} conv with stride {s_mod.stride} and "
                           f"dilation {s_mod.dilation}; copied as is", stacklevel=4)
             return s_t.detach(), kind + "-copied", False
+        stride = map_stride(sh, self.family, kh)
+        if sh == 2 and stride == 1:
+            kind += "-approx"  # no exact stride-2 map for this family: the stride-1 map, an approximation
         if self.strategy == "fresh":
             return None, kind, True
         if self.strategy == "transfer":
@@ -290,14 +302,15 @@ class _Mover:
             self.module_edits.append(lambda: self._dilate(d_mod))
             return s_t.detach(), kind + "-dilated", False
         if self.direction == "restrict":  # θ_2h = M θ_h is exact for every kernel size here
-            return restrict_stencils(s_t.detach(), self.family), kind, True
-        lam = self.lam if self.strategy == "galerkin-reg" or kh > 3 else 0.0
-        if kh > 3:
-            warnings.warn(f"{full}: {kh}×{kw} kernel — its Galerkin map is ill-conditioned or singular; "
-                          f"least squares with lam={lam}", stacklevel=4)
+            return restrict_stencils(s_t.detach(), self.family, stride), kind, True
+        lam = self.lam if self.strategy == "galerkin-reg" or kh > 3 or stride == 2 else 0.0
+        if kh > 3 or stride == 2:
+            warnings.warn(f"{full}: {kh}×{kw}{' stride-2' * (stride == 2)} kernel — its Galerkin map is "
+                          f"{'rank-deficient' if stride == 2 else 'ill-conditioned or singular'}; least squares "
+                          f"with lam={lam}", stacklevel=4)
         with warnings.catch_warnings():  # already warned above, with the layer's name
             warnings.simplefilter("ignore")
-            return prolongate_stencils(s_t.detach(), self.family, lam=lam), kind, True
+            return prolongate_stencils(s_t.detach(), self.family, lam=lam, stride=stride), kind, True
 
     @staticmethod
     def _check_dilatable(full: str, s_mod: nn.Conv2d) -> None:

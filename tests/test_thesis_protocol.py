@@ -170,12 +170,20 @@ def test_trainable_restores_requires_grad_and_knows_the_head():
     ({"fine": {"epochs": 3, "stages": [{"epochs": 2}]}}, "fine", "sum of the stages"),
     ({"fine": {"stages": [{"params": "head", "epochs": 2}]}}, "fine.stages.0.params", "classifier"),
     ({"schedule_scope": "run", "fine": {"stages": [{"epochs": 2}]}}, "fine.stages", "schedule_scope: run"),
+    ({"fine_only": {"stages": [{"epochs": 1}]}}, "fine_only.stages", "one stage"),
 ])
 def test_bad_optimizer_and_stage_keys_are_named(raw, key, words):
     with pytest.raises(UserError) as exc:
         validate_recipe(raw, CoarseToFineRecipe)
     msg = str(exc.value)
     assert key in msg and words in msg, msg
+
+
+def test_mres_train_refuses_stages():
+    from mres.recipe import TrainRecipe
+
+    with pytest.raises(UserError, match=r"train: stages run in coarse-to-fine phases"):
+        validate_recipe({"train": {"stages": [{"epochs": 1}]}}, TrainRecipe)
 
 
 @pytest.mark.parametrize("table", ["41", "42", "43", "44"])
@@ -192,3 +200,29 @@ def test_thesis_recipes_hold_the_protocol(table):
                       "43": [("classifier", "cg-steihaug", 5), ("all", "sgd", 10)],
                       "44": [("classifier", "cg-steihaug", 5), ("all", "cg-steihaug", 10)]}[table]
     assert rec.fine.epochs == (10 if table in ("41", "42") else 15)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """The IDX format (big-endian magic 0x08 0x0N, then the dims, then uint8 data) — as MNIST ships it."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_thesis_recipe_takes_mnist_from_a_data_root(tmp_path):
+    # torchvision's MNIST layout, made here (no download): DIR/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = {"train": rng.integers(0, 256, (40, 28, 28)), "t10k": rng.integers(0, 256, (12, 28, 28))}
+    labels = {"train": np.arange(40) % 10, "t10k": np.arange(12) % 10}
+    for split in ("train", "t10k"):
+        _write_idx(raw / f"{split}-images-idx3-ubyte", images[split])
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", labels[split])
+    rec = load_recipe(ROOT / "recipes" / "thesis_table42.yaml",
+                      ["dataset.name=mnist", f"dataset.data_root={tmp_path}"], CoarseToFineRecipe)
+    data = load_dataset(rec.dataset, torch.device("cpu"))
+    assert tuple(data.x_train.shape) == (40, 1, 28, 28) and tuple(data.x_test.shape) == (12, 1, 28, 28)
+    assert data.y_train.tolist() == labels["train"].tolist()
+    # the images are the files' pixels (up to the per-channel normalisation)
+    x = data.x_train[:, 0] * data.std[0] + data.mean[0]
+    np.testing.assert_allclose(x.numpy(), images["train"] / 255.0, atol=1e-5)

@@ -207,7 +207,7 @@ def test_small_net_rules():
     src, dst = small_net(0), small_net(1)
     diags = transfer_weights(src, dst, "galerkin")
     kinds = {d.name: d.kind for d in diags}
-    assert kinds["0.weight"] == "conv3x3-s2" and kinds["0.bias"] == "bias"
+    assert kinds["0.weight"] == "conv3x3-s2-approx" and kinds["0.bias"] == "bias"  # bilinear: no exact s2 map
     assert kinds["3.weight"] == "conv1x1" and kinds["4.weight"] == "conv3x3"
     assert kinds["1.running_mean"] == "bn" and kinds["5.coeff"] == "coefficient" and kinds["8.weight"] == "linear"
     # stencils (strided, depthwise, inside a custom block): prolongated by the stencil map
@@ -261,17 +261,17 @@ def test_unhandled_mismatch_names_the_parameter():
     assert all(torch.equal(before[k], v) for k, v in dst.state_dict().items())
 
 
-def test_stride_two_is_not_function_preserving_even_for_average_constant():
-    # DESIGN §3.3 calls the stride-2 rule exact for average-constant. Measured: R∘S ≠ S∘R (the
-    # stride-2 sampling keeps the first cell of each pair; restriction averages the pair), so
-    # fine(x) and coarse(R x) differ already for one linear strided conv.
+def test_stride_two_stride1_map_is_not_function_preserving_for_bilinear():
+    # average-bilinear has no exact stride-2 map (its coarse operator is wider than 3×3): the
+    # stride-1 map stands in, and fine(P y) restricted differs from coarse(y) (see tests/test_stride2.py)
     src = nn.Conv2d(1, 1, 3, stride=2, padding=1, bias=False)
     dst = nn.Conv2d(1, 1, 3, stride=2, padding=1, bias=False)
-    transfer_weights(src, dst, "galerkin", family="average-constant")
+    diag = transfer_weights(src, dst, "galerkin", family="average-bilinear")
+    assert diag[0].kind == "conv3x3-s2-approx"
     y = torch.randn(1, 1, 8, 8)
-    x = prolongate_images(y, "average-constant")  # piecewise-constant fine input
+    x = prolongate_images(y, "average-bilinear")
     with torch.no_grad():
-        fine_out, coarse_out = restrict_images(dst(x), "average-constant"), src(y)
+        fine_out, coarse_out = restrict_images(dst(x), "average-bilinear"), src(y)
     assert ((fine_out - coarse_out).norm() / coarse_out.norm()).item() > 0.05
 
 
