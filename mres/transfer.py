@@ -63,7 +63,7 @@ from .grids import (
     restrict_images,
     restrict_stencils,
 )
-from .spectrum import conv_spectrum, init_coefficients, step_roots
+from .spectrum import init_coefficients, level_spectrum, step_roots
 
 STRATEGIES: tuple[str, ...] = ("fresh", "transfer", "galerkin", "galerkin-reg")
 REFERENCE_STRATEGIES: tuple[str, ...] = ("dilate",)  # correctness anchors, not for training
@@ -468,8 +468,8 @@ def move_coefficients(src: nn.Module, dst: nn.Module, policy: str, src_resolutio
     """Set ``dst``'s polynomial coefficients from ``src``'s by ``policy`` (DESIGN §4.2), level by level.
 
     Both models need ``smoothing_levels()``; ``dst``'s A's must already hold their moved weights.
-    A level's spectrum is that of its A on its own periodic grid, ``resolution / coarsening`` (as
-    the spectral init reads it), in complex64.
+    A level's spectrum is that of its A on its own grid, ``resolution / coarsening``, with the
+    model's ``spectrum_boundary`` (as its spectral init reads it), in complex64.
 
     * ``keep``: copy.
     * ``rescale``: per step, the roots of ``src``'s coefficients mapped by :func:`rescale_step`
@@ -483,6 +483,8 @@ def move_coefficients(src: nn.Module, dst: nn.Module, policy: str, src_resolutio
     if s_levels is None or d_levels is None:
         raise ValueError("move_coefficients needs models with smoothing_levels()")
     _coefficient_levels(src, dst)  # the levels correspond
+    # each model's spectra are taken as its spectral init takes them (its spectrum_boundary)
+    s_bound, d_bound = (getattr(m, "spectrum_boundary", "periodic") for m in (src, dst))
     with torch.no_grad():
         for s, d in zip(s_levels, d_levels):
             if not d.coeffs:
@@ -490,13 +492,11 @@ def move_coefficients(src: nn.Module, dst: nn.Module, policy: str, src_resolutio
             if policy == "keep":
                 values = [c.detach() for c in s.coeffs]
             elif policy == "respectral":
-                eigs = conv_spectrum(d.A.weight, level_grid(dst_resolution, d.coarsening), dtype=torch.complex64)
+                eigs = level_spectrum(d.A.weight, level_grid(dst_resolution, d.coarsening), d_bound)
                 values = init_coefficients(d.kinds, eigs, "spectral")
             else:
-                src_box = spectral_box(conv_spectrum(s.A.weight, level_grid(src_resolution, s.coarsening),
-                                                     dtype=torch.complex64))
-                dst_box = spectral_box(conv_spectrum(d.A.weight, level_grid(dst_resolution, d.coarsening),
-                                                     dtype=torch.complex64))
+                src_box = spectral_box(level_spectrum(s.A.weight, level_grid(src_resolution, s.coarsening), s_bound))
+                dst_box = spectral_box(level_spectrum(d.A.weight, level_grid(dst_resolution, d.coarsening), d_bound))
                 values = [rescale_step(k, c, src_box, dst_box) for k, c in zip(s.kinds, s.coeffs)]
             for p, v in zip(d.coeffs, values):
                 p.copy_(v.to(dtype=p.dtype, device=p.device).reshape(p.shape))

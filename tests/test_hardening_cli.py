@@ -322,9 +322,13 @@ def test_spectrum_grid_takes_the_landscape_syntax(tmp_path, run_cli):
         code, out, err = run_cli(tmp_path, "spectrum", "p.pt", "--grid", grid, "--out", f"s{grid}")
         assert code == 0, err
         assert (tmp_path / f"s{grid}" / "spectrum_level1.png").exists()
-        assert "on a 4×4 periodic grid" in out
+        assert "on a 4×4 grid (auto boundary)" in out and "zeros" in out  # 4×4 and 2×2 levels: zero-padded
+    code, out, err = run_cli(tmp_path, "spectrum", "p.pt", "--grid", "4", "--boundary", "periodic", "--out", "sp")
+    assert code == 0 and "(periodic boundary)" in out and "zeros" not in out, err
+    code, out, err = run_cli(tmp_path, "spectrum", "p.pt", "--boundary", "circular")
+    assert code == 2 and "--boundary 'circular': allowed: auto, periodic, zeros" in err, err
     code, out, err = run_cli(tmp_path, "spectrum", "p.pt", "--grid", "4x8", "--out", "s")
-    assert code == 2 and "--grid '4x8': the spectrum is of a square periodic grid" in err, err
+    assert code == 2 and "--grid '4x8': the spectrum is of a square grid" in err, err
 
 
 # ------------------------------------------------------------------ item 17: the 3-D surface figure

@@ -164,8 +164,13 @@ def test_poly_spectral_init_uses_the_spectrum_at_the_build_resolution():
     m = build("poly-g6", {"widths": [4, 8]}, res=16)
     levels = m.smoothing_levels()
     assert [(lv.level, lv.kinds, lv.coarsening) for lv in levels] == [(1, ["g", "g", "c"], 1), (2, ["g", "g", "c"], 2)]
+    from mres.spectrum import spectrum_boundary
+
+    # level 1 on 16×16: periodic; level 2 on 8×8 (C·n² = 512): zero-padded under the default 'auto'
+    assert [spectrum_boundary("auto", 16 // lv.coarsening, 4 * lv.level) for lv in levels] == ["periodic", "zeros"]
     for lv in levels:
-        eigs = conv_spectrum(lv.A.weight, 16 // lv.coarsening)
+        n = 16 // lv.coarsening
+        eigs = conv_spectrum(lv.A.weight, n, boundary=spectrum_boundary("auto", n, lv.A.weight.shape[0]))
         expect = init_coefficients(lv.kinds, eigs, "spectral")
         for p, e in zip(lv.coeffs, expect):
             assert torch.allclose(p.detach(), e, rtol=1e-4, atol=1e-5)

@@ -54,34 +54,46 @@ def spectrum_cmd(
     ckpt: Path = typer.Argument(..., help="Checkpoint file (or run directory)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the figures (default: <ckpt dir>/spectrum)."),
     grid: Optional[str] = typer.Option(None, "--grid", "-n",
-                                       help="Input grid N or NxN (square, periodic; as `mres landscape --grid`); level ℓ "
+                                       help="Input grid N or NxN (square; as `mres landscape --grid`); level ℓ "
                                             "uses N/2^(ℓ−1) (default: the checkpoint's resolution)."),
+    boundary: Optional[str] = typer.Option(None, "--boundary", "-b",
+                                           help="periodic (Fourier symbols), zeros (the models' zero padding, dense, "
+                                                "C·n² ≤ 16384) or auto (zeros on grids ≤ 8); default: the model's "
+                                                "spectrum_boundary, else periodic."),
 ) -> None:
-    """Spectrum of every level's A (periodic grid) with the smoothing polynomial's roots."""
+    """Spectrum of every level's A with the smoothing polynomial's roots."""
     from ..checkpoint import load_checkpoint, model_from_checkpoint
-    from ..spectrum import conv_spectrum, plot_spectrum, polynomial_roots, residual_polynomial
+    from ..spectrum import SPECTRUM_BOUNDARIES, plot_spectrum, polynomial_roots, residual_polynomial, spectrum_boundary
+    from ..spectrum import conv_spectrum
 
     data = load_checkpoint(ckpt)
     model = model_from_checkpoint(data)
     if not callable(getattr(model, "smoothing_levels", None)):
         raise UserError(f"{ckpt}: model {data['arch']['name']!r} is no MgNet or Poly-MgNet (no shared operator A)")
     n = _square_grid(grid) if grid is not None else int(data["resolution"])
+    policy = boundary or getattr(model, "spectrum_boundary", "periodic")
+    if policy not in (*SPECTRUM_BOUNDARIES, "auto"):
+        raise UserError(f"--boundary {policy!r}: allowed: auto, {', '.join(SPECTRUM_BOUNDARIES)}")
     folder = out or ((ckpt if ckpt.is_dir() else ckpt.parent) / "spectrum")
-    table = Table(title=escape(f"spectrum of A: {data['arch']['name']} on a {n}×{n} periodic grid"))
-    for col in ("level", "grid", "C", "Re λ min", "Re λ max", "Im λ max", "roots", "max |q(λ)|", "figure"):
+    table = Table(title=escape(f"spectrum of A: {data['arch']['name']} on a {n}×{n} grid ({policy} boundary)"))
+    for col in ("level", "grid", "boundary", "C", "Re λ min", "Re λ max", "Im λ max", "roots", "max |q(λ)|", "figure"):
         table.add_column(col, justify="right" if col not in ("roots", "figure") else "left")
     for info in model.smoothing_levels():
         side = max(1, n // info.coarsening)
-        eigs = conv_spectrum(info.A.weight, side)
+        bound = spectrum_boundary(policy, side, info.A.weight.shape[0])
+        try:
+            eigs = conv_spectrum(info.A.weight, side, boundary=bound)
+        except ValueError as exc:  # the dense zero-padded operator is too large
+            raise UserError(f"level {info.level}: {exc}") from None
         roots = polynomial_roots(info.kinds, list(info.coeffs)) if info.kinds else None
         path = plot_spectrum(eigs, roots, folder / f"spectrum_level{info.level}.png",
-                             title=f"level {info.level}: A on {side}×{side}, steps {''.join(info.kinds) or '–'}")
+                             title=f"level {info.level}: A on {side}×{side} ({bound}), steps {''.join(info.kinds) or '–'}")
         if roots is not None:
             qmax = f"{residual_polynomial(roots, eigs).abs().max().item():.3g}"
             roots_s = " ".join(_fmt_complex(z) for z in roots.tolist())
         else:
             qmax, roots_s = "–", "–"
-        table.add_row(str(info.level), f"{side}×{side}", str(info.A.weight.shape[0]), f"{eigs.real.min().item():.3g}",
+        table.add_row(str(info.level), f"{side}×{side}", bound, str(info.A.weight.shape[0]), f"{eigs.real.min().item():.3g}",
                       f"{eigs.real.max().item():.3g}", f"{eigs.imag.max().item():.3g}", roots_s, qmax,
                       escape(str(path)))
     console.print(table)
@@ -93,7 +105,7 @@ def _square_grid(text: str) -> int:
 
     nx, ny = parse_grid(text, 2)
     if nx != ny:
-        raise UserError(f"--grid {text!r}: the spectrum is of a square periodic grid; give N or NxN (e.g. 32 or 32x32)")
+        raise UserError(f"--grid {text!r}: the spectrum is of a square grid; give N or NxN (e.g. 32 or 32x32)")
     return nx
 
 

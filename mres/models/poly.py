@@ -62,7 +62,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 
-from ..spectrum import conv_spectrum, init_coefficients
+from ..spectrum import init_coefficients, level_spectrum
 from .mgnet import MultilevelNet, SmoothingLevel, conv3x3, scale_widths, transfer_conv, zeros_like_grid
 from .registry import ModelFamily, ModelOptions, register_family
 
@@ -118,6 +118,9 @@ class PolyOptions(ModelOptions):
     pi: Literal["pi0", "pi1", "pi2"] = "pi2"  # Π0 = 0, Π1 full conv, Π2 channel-wise (reference)
     restriction: Literal["dense", "channelwise"] = "channelwise"
     coeff_init: Literal["spectral", "uniform-spectrum", "xavier"] = "spectral"
+    # the spectrum of A for the spectral init and respectral/rescale: zero-padded (exact, dense) on
+    # small grids under 'auto' (grid ≤ 8, C·n² ≤ 4096), periodic (Fourier symbols) elsewhere
+    spectrum_boundary: Literal["auto", "periodic", "zeros"] = "auto"
     train_coeffs: bool = True
     residual: Placement | None = None
     update: Placement | None = None
@@ -257,6 +260,7 @@ class PolyMgNet(MultilevelNet):
             PolyTransfer(widths[i], widths[i + 1], opts.pi, opts.restriction) for i in range(len(widths) - 1)
         )
         self.head = nn.Linear(widths[-1], num_classes)
+        self.spectrum_boundary = opts.spectrum_boundary
         self.init_coefficients(opts.coeff_init, resolution)
 
     @torch.no_grad()
@@ -269,7 +273,7 @@ class PolyMgNet(MultilevelNet):
         for info in self.smoothing_levels():
             eigs = None
             if method != "xavier":
-                eigs = conv_spectrum(info.A.weight, max(1, resolution // info.coarsening), dtype=torch.complex64)
+                eigs = level_spectrum(info.A.weight, max(1, resolution // info.coarsening), self.spectrum_boundary)
             values = init_coefficients(info.kinds, eigs, method, channels=info.A.weight.shape[0])
             for p, v in zip(info.coeffs, values):
                 p.copy_(v.to(p))
