@@ -322,6 +322,7 @@ class CoarseToFine:
                     entry["coarse"] = self._train_phase(tdir / f"coarse-{p0.resolution}", coarse, cdata, p0.cfg, seed,
                                                         f"t{trial} coarse {p0.resolution}", p0.resolution, plans[0])
                     coarse_state = {k: v.detach().clone() for k, v in coarse.state_dict().items()}
+                    self._sensitivity(tdir / f"coarse-{p0.resolution}", coarse, cdata, entry["coarse"])
                 for v in vs:  # 2. each variant up the cascade (or a baseline at the finest grid)
                     entry["variants"][v.label] = self._run_variant(v, tdir, coarse, coarse_state, entry["coarse"],
                                                                    seed, trial, phases, plans, fine_only_epochs)
@@ -410,12 +411,24 @@ class CoarseToFine:
             entry.update(result)
             if "diagnostics" in entry:
                 _write_json(pdir / "diagnostics.json", entry["diagnostics"])
+            self._sensitivity(pdir, model, data, result)
             out["phases"].append(entry)
             src_dir = pdir
             if result.get("diverged"):
                 out["diverged"] = {"phase": f"fine-{res}", **result["diverged"]}
                 break
         return out
+
+    @staticmethod
+    def _sensitivity(phase_dir: Path, model: nn.Module, data: TensorData, result: dict[str, Any]) -> None:
+        """Poly-MgNet: how much each step's coefficients act at the end of the phase (monitoring, not
+        counted): ``sensitivity.json``, shown in the report (mres/sensitivity.py)."""
+        path = phase_dir / "sensitivity.json"
+        if path.exists() or result.get("diverged") or not _has_coefficients(model):
+            return
+        from .sensitivity import coefficient_sensitivity
+
+        _write_json(path, coefficient_sensitivity(model, data.x_train[:64], data.y_train[:64]))
 
     @staticmethod
     def _momentum(src: nn.Module, src_dir: Path) -> dict[str, torch.Tensor]:

@@ -102,6 +102,7 @@ def write_report(run_dir: Path) -> Path:
         sections += [("h2", "Convergence across the coarse and fine phases (thesis Fig. 4.1)"),
                      ("img", "figures/convergence.png", "training loss and test accuracy per epoch")]
     sections += _diagnostics_sections(run_dir, summary, figs)
+    sections += _sensitivity_sections(run_dir)
     sections += _analysis_sections(run_dir)
     md = _render_md(sections)
     (run_dir / "report.md").write_text(md)
@@ -139,6 +140,33 @@ def _stage_sections(summary: dict[str, Any]) -> list[Section]:
             ("table", head, rows),
             ("p", "The same stages: accuracy before each stage's first step, and training accuracy at its end."),
             ("table", start_head, start_rows)]
+
+
+def _sensitivity_sections(run_dir: Path) -> list[Section]:
+    """Poly-MgNet: per phase of trial 0, how much each step's coefficients act (mres/sensitivity.py)."""
+    from .sensitivity import sensitivity_table
+
+    files = sorted((run_dir / "trial0").glob("coarse-*/sensitivity.json")) + \
+        sorted((run_dir / "trial0").glob("*/fine-*/sensitivity.json"))
+    if not files:
+        return []
+    out: list[Section] = [
+        ("h2", "Coefficient sensitivity (Poly-MgNet, trial 0, end of each phase)"),
+        ("p", "Per level and step: the norm of the loss gradient on the step's coefficients and the relative "
+              "change of the logits when they are multiplied by 2 (for a pair step also when only Im z is), in "
+              "training mode on 64 training images. A step whose update is followed by a train-mode BN is "
+              "scale-free: BN(s·w) = sign(s)·BN(w), so its α acts only through its sign (a pair step: only "
+              "c1/c2 = 2·Re z acts) — the coefficient policies `rescale`/`respectral` then move nothing that "
+              "matters but signs and ratios.")]
+    for f in files:
+        rows = json.loads(f.read_text())
+        head, body = sensitivity_table(rows)
+        if any("imag_change" in r for r in rows):
+            head = head + ["logit change (Im z ×2)"]
+            body = [b + [f"{r['imag_change']:.2e}" if "imag_change" in r else "—"] for b, r in zip(body, rows)]
+        phase = f.parent.relative_to(run_dir / "trial0")
+        out += [("p", f"**{phase}**"), ("table", head, body)]
+    return out
 
 
 def _num(x: float | None, digits: int) -> str:

@@ -6,10 +6,10 @@ On an n×n periodic grid a 3×3 conv ``A`` (C×C×k×k, PyTorch cross-correlatio
 diagonalised by the discrete Fourier modes: for every frequency ω = 2π(k_y, k_x)/n its C×C
 symbol is ``Â(ω) = Σ_{r,s} A[:, :, r, s] e^{i(ω_y r + ω_x s)}`` (r, s = stencil offsets), and the
 spectrum of A is the union of the eigenvalues of all n² symbols.  That is exact for circular
-padding.  The models zero-pad, which moves the spectrum a lot on small grids (the first real root of
-a default A: 3 % off at 16×16, 25 % at 4×4, 65 % at 2×2); ``boundary="zeros"`` gives that spectrum
+padding.  The models zero-pad, which moves the spectrum on small grids (the spectral init's first
+root of a default poly-g4 level-4 A on 4×4: 14 %); ``boundary="zeros"`` gives that spectrum
 exactly, from the dense operator (C·n² ≤ ``DENSE_SPECTRUM_MAX``).  ``spectrum_boundary("auto", …)``
-picks it where it matters and is cheap: grids ≤ 8 with C·n² ≤ 4096 (a dense eig of seconds).
+picks it where it matters and is affordable: grids ≤ 8 with C·n² ≤ 4096.
 
 Poly-MgNet smoothing steps and their learnable coefficients (seed 000).  Every step is a factor
 of the residual polynomial ``r ← q(A) r``:

@@ -60,6 +60,9 @@ def spectrum_cmd(
                                            help="periodic (Fourier symbols), zeros (the models' zero padding, dense, "
                                                 "C·n² ≤ 16384) or auto (zeros on grids ≤ 8); default: the model's "
                                                 "spectrum_boundary, else periodic."),
+    samples: int = typer.Option(64, "--samples", min=0,
+                                help="Training images of the checkpoint's dataset for the coefficient-sensitivity "
+                                     "table (0: skip it)."),
 ) -> None:
     """Spectrum of every level's A with the smoothing polynomial's roots."""
     from ..checkpoint import load_checkpoint, model_from_checkpoint
@@ -96,6 +99,32 @@ def spectrum_cmd(
         table.add_row(str(info.level), f"{side}×{side}", bound, str(info.A.weight.shape[0]), f"{eigs.real.min().item():.3g}",
                       f"{eigs.real.max().item():.3g}", f"{eigs.imag.max().item():.3g}", roots_s, qmax,
                       escape(str(path)))
+    console.print(table)
+    if samples and any(info.coeffs for info in model.smoothing_levels()):
+        _sensitivity_section(model, data, samples)
+
+
+def _sensitivity_section(model, data: dict, samples: int) -> None:
+    """Per level and step: gradient norm and logit change under coefficients × 2, with the flags."""
+    from ..data import load_dataset
+    from ..recipe import DatasetConfig
+    from ..sensitivity import coefficient_sensitivity, sensitivity_table
+
+    rec = data.get("recipe") or {}
+    try:
+        ds = load_dataset(DatasetConfig.model_validate(rec.get("dataset", {})), "cpu")
+        ds = ds.at_resolution(int(data["resolution"]), rec.get("family", "average-bilinear"))
+    except (UserError, ValueError) as exc:
+        console.print(f"[yellow]coefficient sensitivity skipped:[/] the checkpoint's data cannot be loaded "
+                      f"({escape(str(exc).splitlines()[0])})")
+        return
+    rows = coefficient_sensitivity(model, ds.x_train[:samples], ds.y_train[:samples])
+    head, body = sensitivity_table(rows)
+    table = Table(title=f"coefficient sensitivity (training mode, {min(samples, len(ds.y_train))} training images)")
+    for col in head:
+        table.add_column(col, justify="left" if col in ("kind", "scale-free") else "right")
+    for row in body:
+        table.add_row(*(escape(c) for c in row))
     console.print(table)
 
 
