@@ -159,6 +159,57 @@ def stencil_map(family: str | OperatorFamily, size: int = 3, stride: int = 1) ->
     return torch.kron(m1, m1)
 
 
+def transposed_stencil_map_1d(family: str | OperatorFamily, size: int, padding: int) -> torch.Tensor:
+    """1-D Galerkin map of a stride-2 transposed conv T(w) (PyTorch ``conv_transpose``, kernel ``size``,
+    ``padding``): ``R T(w_h) P = T(w_2h)`` with ``w_2h = M1t w_h``.
+
+    ``(T z)_j = Σ_{i,t: j = 2i+t−pad} w_t z_i``; with ``(P y)_{2I+β} = p_β y_I`` and ``(R z)_J = Σ_α r_α z_{2J+α}``
+    the output index is ``J = 2I + β + (t − pad − α)/2``, the coarse one ``J = 2I + τ − pad``, so
+    ``M1t[τ, t] = Σ_{α,β: 2τ = 2β + t + pad − α} r_α p_β``. Exact when every τ lands in 0 … size−1.
+    """
+    fam = get_family(family)
+    m1 = torch.zeros(size, size, dtype=torch.float64)
+    for a, ra in zip(fam.r_offsets, fam.r_weights):
+        for b, pb in zip(fam.p_offsets, fam.p_weights):
+            for t in range(size):
+                if (t + padding - a) % 2 == 0 and 0 <= (tau := b + (t + padding - a) // 2) < size:
+                    m1[tau, t] += ra * pb
+    return m1
+
+
+def transposed_stencil_map_is_exact(family: str | OperatorFamily, size: int, padding: int) -> bool:
+    """Whether ``R T(w_h) P`` of every kernel is again a stride-2 transposed conv of this size and padding."""
+    fam = get_family(family)
+    return all(0 <= b + (t + padding - a) // 2 < size for a in fam.r_offsets for b in fam.p_offsets
+               for t in range(size) if (t + padding - a) % 2 == 0)
+
+
+def restrict_transposed(weight: torch.Tensor, family: str | OperatorFamily, padding: int) -> torch.Tensor:
+    """Fine → coarse kernels of a stride-2 transposed conv (weight (C_in, C_out, k, k)): ``w_2h = M w_h``."""
+    k = weight.shape[-1]
+    m1 = transposed_stencil_map_1d(family, k, padding).to(weight.device)
+    flat = weight.reshape(-1, k * k).to(torch.float64)
+    return (flat @ torch.kron(m1, m1).T).reshape(weight.shape).to(weight.dtype)
+
+
+def prolongate_transposed(weight: torch.Tensor, family: str | OperatorFamily, padding: int,
+                          lam: float = 0.0) -> torch.Tensor:
+    """Coarse → fine kernels of a stride-2 transposed conv: least squares ``M w_h ≈ w_2h``, regularised by
+    ``lam ‖w_h − w_2h‖²`` (minimum-norm when ``lam == 0``); M is singular for every family here."""
+    if lam < 0 or not math.isfinite(lam):
+        raise ValueError(f"lam must be a finite number >= 0, got {lam}")
+    k = weight.shape[-1]
+    m1 = transposed_stencil_map_1d(family, k, padding).to(weight.device)
+    m = torch.kron(m1, m1)
+    rhs = weight.reshape(-1, k * k).to(torch.float64).T
+    if lam > 0:
+        eye = torch.eye(k * k, dtype=torch.float64, device=m.device)
+        sol = torch.linalg.solve(m.T @ m + lam * eye, m.T @ rhs + lam * rhs)
+    else:
+        sol = torch.linalg.pinv(m) @ rhs
+    return sol.T.reshape(weight.shape).to(weight.dtype)
+
+
 def _kernel_size(weight: torch.Tensor) -> int:
     if weight.dim() < 2 or weight.shape[-1] != weight.shape[-2]:
         raise ValueError(f"stencils must have a square trailing (k, k) shape, got {tuple(weight.shape)}")

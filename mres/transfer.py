@@ -15,6 +15,11 @@ layer / tensor                              rule
                                             the ``lams`` regularisation (warned). Other families:
                                             the stride-1 map, an approximation (kind ``…-approx``).
                                             k > 3: (regularised) least squares with a warning.
+``nn.ConvTranspose2d`` stride 2 (V-MgNet's  the map of R·T(w)·P (``grids.transposed_stencil_map_1d``):
+P), kernel k, padding p                     restrict applies it, prolongate is least squares (the
+                                            map is singular; ``lams`` regularise), warned; exact
+                                            for average-constant (2×2), a truncation otherwise
+                                            (kind ``…-approx``). ``transfer`` copies.
 1×1 convs, biases, BN (affine + running     copied (pointwise, resolution-free)
 stats), ``nn.Linear`` after a global pool
 flatten head (``GridLinear``: a linear      each class's weight image per channel moves with
@@ -59,7 +64,10 @@ from .grids import (
     prolongate_images,
     restrict_dual_images,
     prolongate_stencils,
+    prolongate_transposed,
+    restrict_transposed,
     strided_stencil_map_is_exact,
+    transposed_stencil_map_is_exact,
     restrict_images,
     restrict_stencils,
 )
@@ -246,6 +254,8 @@ class _Mover:
         """(new value for d_t or None to leave it, kind, whether it is a Galerkin-moved stencil)."""
         if isinstance(s_mod, nn.Conv2d) and local == "weight":
             return self._conv(full, s_mod, d_mod, s_t, d_t)
+        if isinstance(s_mod, nn.ConvTranspose2d) and local == "weight":
+            return self._conv_transpose(full, s_mod, s_t, d_t)
         if is_grid_linear(s_mod) and local == "weight":
             return self._grid_linear(full, s_mod, d_mod, s_t, d_t), "grid-linear", False
         if isinstance(s_mod, nn.modules.batchnorm._BatchNorm):
@@ -273,6 +283,11 @@ class _Mover:
 
     def residual(self, s_t: torch.Tensor, d_t: torch.Tensor, kind: str = "") -> float:
         fine, coarse = (d_t, s_t) if self.direction == "prolongate" else (s_t, d_t)
+        if kind.startswith("convT"):
+            pad = int(kind.split("-p")[1].split("-")[0])
+            restricted = restrict_transposed(fine.detach().double(), self.family, pad)
+            denom = coarse.detach().double().norm().item()
+            return (restricted - coarse.detach().double()).norm().item() / denom if denom > 0 else float("nan")
         exact_s2 = "-s2" in kind and not kind.endswith("-approx")
         return galerkin_residual(fine, coarse, self.family, stride=2 if exact_s2 else 1)
 
@@ -311,6 +326,31 @@ class _Mover:
         with warnings.catch_warnings():  # already warned above, with the layer's name
             warnings.simplefilter("ignore")
             return prolongate_stencils(s_t.detach(), self.family, lam=lam, stride=stride), kind, True
+
+    def _conv_transpose(self, full: str, s_mod: nn.ConvTranspose2d, s_t: torch.Tensor,
+                        d_t: torch.Tensor) -> tuple[torch.Tensor | None, str, bool]:
+        """Stride-2 transposed convs (V-MgNet's P): the map of R·T(w)·P (grids.transposed_stencil_map_1d)."""
+        k, pad = s_mod.kernel_size[0], s_mod.padding[0]
+        if s_t.shape != d_t.shape:
+            raise ValueError(f"cannot move {full!r}: weight shape {tuple(s_t.shape)} vs {tuple(d_t.shape)}")
+        kind = f"convT{k}x{k}-s2-p{pad}"
+        if s_mod.stride != (2, 2) or s_mod.kernel_size != (k, k) or s_mod.padding != (pad, pad) \
+                or s_mod.dilation != (1, 1) or s_mod.groups != 1:
+            warnings.warn(f"{full}: no grid rule for a transposed conv with stride {s_mod.stride}, kernel "
+                          f"{s_mod.kernel_size}, padding {s_mod.padding}; copied as is", stacklevel=4)
+            return s_t.detach(), f"convT{k}x{k}-copied", False
+        if not transposed_stencil_map_is_exact(self.family, k, pad):
+            kind += "-approx"  # R·T·P is wider than k×k: the map truncates it
+        if self.strategy == "fresh":
+            return None, kind, True
+        if self.strategy in ("transfer", "dilate"):
+            return s_t.detach(), kind, True
+        if self.direction == "restrict":
+            return restrict_transposed(s_t.detach(), self.family, pad), kind, True
+        lam = self.lam if self.strategy == "galerkin-reg" else 0.0
+        warnings.warn(f"{full}: {k}×{k} stride-2 transposed conv — its Galerkin map is singular; least squares "
+                      f"with lam={lam}", stacklevel=4)
+        return prolongate_transposed(s_t.detach(), self.family, pad, lam), kind, True
 
     @staticmethod
     def _check_dilatable(full: str, s_mod: nn.Conv2d) -> None:

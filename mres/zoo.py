@@ -59,6 +59,9 @@ ZOO: tuple[ZooEntry, ...] = (
              note=_UNUSED_R_PI + "; +8: two complex-pair steps per level (the paper's ĝĝ + 2 pairs; the reference "
                   "code builds ĝĝĝ + 1 pair) with 2 coefficients each where the reference's pair has 1",
              stem_width=64, head_width=256),
+    ZooEntry("vmgnet[2,2,2,2]-[1,1,1]-[256]-Bl", source="seed 001 Alg. 4 (no count published)",
+             note="MgNet[2,2,2,2]-[256]-Bl's 8,278,794 + three 4×4 transposed convs P (3 × 256·256·16) + one B' "
+                  "(256·256·9) and one BN pair (2 × 2 × 256) per post-smoothing step on levels 1–3, head on u^1"),
     ZooEntry("resnet18", reference=11_173_962, source="CIFAR ResNet-18 (papers: 11.2M)",
              stem_width=64, head_width=512),
     ZooEntry("resnet18-Al-Bli", paper=8.1e6, source="seed 002 Table 3",

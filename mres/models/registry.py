@@ -125,7 +125,7 @@ def _load_builtin() -> None:
     _loaded = True
     import importlib
 
-    for mod in ("cnn", "mgnet", "poly", "resnet"):
+    for mod in ("cnn", "mgnet", "vmgnet", "poly", "resnet"):
         try:
             importlib.import_module(f"mres.models.{mod}")
         except ModuleNotFoundError as exc:  # a family still being written
