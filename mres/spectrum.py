@@ -9,7 +9,7 @@ spectrum of A is the union of the eigenvalues of all n² symbols.  That is exact
 padding.  The models zero-pad, which moves the spectrum on small grids (the spectral init's first
 root of a default poly-g4 level-4 A on 4×4: 14 %); ``boundary="zeros"`` gives that spectrum
 exactly, from the dense operator (C·n² ≤ ``DENSE_SPECTRUM_MAX``).  ``spectrum_boundary("auto", …)``
-picks it where it matters and is affordable: grids ≤ 8 with C·n² ≤ 4096.
+picks it where it matters and is affordable: grids ≤ 8 with C·n² ≤ 1024.
 
 Poly-MgNet smoothing steps and their learnable coefficients (seed 000).  Every step is a factor
 of the residual polynomial ``r ← q(A) r``:
@@ -39,7 +39,7 @@ STEP_KINDS = ("q", "g", "c")
 SPECTRUM_BOUNDARIES = ("periodic", "zeros")
 DENSE_SPECTRUM_MAX = 16384  # C·n² up to which the zero-padded spectrum is computed (a dense eig)
 AUTO_ZEROS_GRID = 8  # 'auto' takes the zero-padded spectrum on grids this small ...
-AUTO_DENSE_MAX = 4096  # ... when its dense operator is this small
+AUTO_DENSE_MAX = 1024  # ... when its dense operator is this small (C = 256: 2×2 took 6 s, 4×4 143 s on 2 busy cores)
 COEFF_INITS = ("spectral", "uniform-spectrum", "xavier")
 
 
@@ -97,7 +97,7 @@ def conv_operator(weight: torch.Tensor, n: int, dtype: torch.dtype = torch.float
 
 def spectrum_boundary(policy: str, n: int, channels: int) -> str:
     """The boundary a level's spectrum is taken with: ``periodic``, ``zeros``, or ``auto`` — zeros on
-    grids ≤ 8 whose dense operator has C·n² ≤ 4096, periodic elsewhere."""
+    grids ≤ 8 whose dense operator has C·n² ≤ 1024, periodic elsewhere."""
     if policy not in (*SPECTRUM_BOUNDARIES, "auto"):
         raise ValueError(f"unknown spectrum boundary {policy!r}; allowed: auto, {', '.join(SPECTRUM_BOUNDARIES)}")
     if policy == "auto":

@@ -57,8 +57,8 @@ def test_zero_padded_spectrum_is_refused_above_the_dense_limit():
 
 
 def test_auto_boundary_takes_zeros_on_small_cheap_grids_only():
-    assert spectrum_boundary("auto", 8, 64) == "zeros" and spectrum_boundary("auto", 4, 256) == "zeros"
-    assert spectrum_boundary("auto", 16, 4) == "periodic" and spectrum_boundary("auto", 8, 256) == "periodic"
+    assert spectrum_boundary("auto", 8, 16) == "zeros" and spectrum_boundary("auto", 2, 256) == "zeros"
+    assert spectrum_boundary("auto", 16, 4) == "periodic" and spectrum_boundary("auto", 4, 256) == "periodic"
     assert spectrum_boundary("periodic", 2, 1) == "periodic" and spectrum_boundary("zeros", 32, 1) == "zeros"
 
 

@@ -119,7 +119,7 @@ class PolyOptions(ModelOptions):
     restriction: Literal["dense", "channelwise"] = "channelwise"
     coeff_init: Literal["spectral", "uniform-spectrum", "xavier"] = "spectral"
     # the spectrum of A for the spectral init and respectral/rescale: zero-padded (exact, dense) on
-    # small grids under 'auto' (grid ≤ 8, C·n² ≤ 4096), periodic (Fourier symbols) elsewhere
+    # small grids under 'auto' (grid ≤ 8, C·n² ≤ 1024), periodic (Fourier symbols) elsewhere
     spectrum_boundary: Literal["auto", "periodic", "zeros"] = "auto"
     train_coeffs: bool = True
     residual: Placement | None = None
