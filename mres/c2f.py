@@ -42,7 +42,7 @@ from .models import build_model
 from .recipe import CoarseToFineRecipe, TrainConfig, dump_yaml, parse_yaml, to_plain
 from .train import (LRPlan, configure_runtime, console, evaluate, fit, json_safe, momentum_buffers, select_device,
                     trainable, write_metrics)
-from .transfer import function_preservation, recalibrate_bn, transfer_like_weights, transfer_weights
+from .transfer import function_preservation, level_spectra, recalibrate_bn, transfer_like_weights, transfer_weights
 
 BASELINES = ("fresh", "fine-only")  # trained at the finest grid only, without the coarse model
 COLLAPSE_DROP = 0.20  # final test accuracy this far below the accuracy at transfer: collapsed
@@ -396,6 +396,8 @@ class CoarseToFine:
                 entry["transfer_seconds"] = time.perf_counter() - t0  # counted: the method needs it
                 fp = function_preservation(src, model, data.x_test[:256], r.family)  # monitoring: not counted
                 entry["diagnostics"] = {"layers": [d.__dict__ for d in diags], "function": fp}
+                if _has_coefficients(model):  # where A's spectrum and the roots land (monitoring)
+                    entry["diagnostics"]["spectra"] = level_spectra(src, model, res // 2, res)  # grids double
             # the start of this phase, for landscapes / feature pictures (thesis Fig. 4.3)
             start = pdir / "checkpoints" / "start.pt"
             if not start.exists():

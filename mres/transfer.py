@@ -443,6 +443,31 @@ def level_grid(resolution: int, coarsening: int) -> int:
 SpectralBox = tuple[float, float, float, float]  # (min Re, max Re, min Im, max Im)
 
 
+def level_spectra(src: nn.Module, dst: nn.Module, src_resolution: int, dst_resolution: int) -> list[dict[str, Any]]:
+    """Per smoothing level of a transfer: the spectral box of A and the polynomial's roots on each side
+    (each model's spectrum_boundary) and the smallest |λ − root| gap, as plain lists — where the
+    coefficients land after a transfer (DESIGN §4.2; monitoring)."""
+    from .spectrum import polynomial_roots
+
+    out = []
+    s_bound, d_bound = (getattr(m, "spectrum_boundary", "periodic") for m in (src, dst))
+    for s, d in zip(_smoothing_levels(src) or [], _smoothing_levels(dst) or []):
+        entry: dict[str, Any] = {"level": s.level}
+        for side, lv, res, bound in (("src", s, src_resolution, s_bound), ("dst", d, dst_resolution, d_bound)):
+            n = level_grid(res, lv.coarsening)
+            eigs = level_spectrum(lv.A.weight, n, bound).to(torch.complex128)
+            roots = polynomial_roots(lv.kinds, list(lv.coeffs)) if lv.coeffs else torch.zeros(0, dtype=torch.complex128)
+            entry[side] = {"grid": n, "box": list(spectral_box(eigs)),
+                           "roots": [[z.real, z.imag] for z in roots.tolist()],
+                           "roots_inside_box": int(sum(1 for z in roots.tolist() if _inside(z, spectral_box(eigs))))}
+        out.append(entry)
+    return out
+
+
+def _inside(z: complex, box: SpectralBox) -> bool:
+    return box[0] <= z.real <= box[1] and box[2] <= z.imag <= box[3]
+
+
 def spectral_box(eigs: torch.Tensor) -> SpectralBox:
     lam = torch.as_tensor(eigs).to(torch.complex128).reshape(-1)
     return (lam.real.min().item(), lam.real.max().item(), lam.imag.min().item(), lam.imag.max().item())

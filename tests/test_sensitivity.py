@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mres.models import build_model
@@ -63,3 +64,31 @@ def test_coarse_to_fine_report_of_poly_mgnet_has_the_sensitivity_section(tmp_pat
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Coefficient sensitivity (Poly-MgNet, trial 0, end of each phase)" in report
     assert "**transfer/fine-16**" in report and "yes: the BN after its update" in report
+
+
+def test_transfer_diagnostics_record_where_the_spectrum_and_roots_land(tmp_path):
+    import json
+
+    from mres.c2f import run_coarse_to_fine
+    from mres.recipe import CoarseToFineRecipe, validate_recipe
+    from mres.spectrum import conv_spectrum, polynomial_roots
+
+    rec = validate_recipe({"dataset": {"name": "synthetic", "synthetic": {"n_train": 64, "n_test": 32, "size": 16,
+                                                                          "channels": 3}},
+                           "model": {"name": "poly-q2", "widths": [4, 6], "spectrum_boundary": "periodic"},
+                           "resolutions": [8, 16], "strategies": ["galerkin"], "coefficient_policies": ["respectral"],
+                           "coarse": {"epochs": 1, "batch_size": 32}, "fine": {"epochs": 1, "batch_size": 32}},
+                          CoarseToFineRecipe)
+    run_coarse_to_fine(rec, tmp_path / "run", progress=False)
+    phase = tmp_path / "run" / "trial0" / "galerkin-respectral" / "fine-16"
+    spectra = json.loads((phase / "diagnostics.json").read_text())["spectra"]
+    assert [s["level"] for s in spectra] == [1, 2] and [s["dst"]["grid"] for s in spectra] == [16, 8]
+    # the recorded destination box is that of the transferred start model's A (independent recomputation)
+    from mres.checkpoint import load_checkpoint, model_from_checkpoint
+
+    start = model_from_checkpoint(load_checkpoint(phase / "checkpoints" / "start.pt"))
+    lv = start.smoothing_levels()[0]
+    eigs = conv_spectrum(lv.A.weight, 16)
+    assert spectra[0]["dst"]["box"][1] == pytest.approx(eigs.real.max().item(), rel=1e-4)
+    roots = polynomial_roots(lv.kinds, list(lv.coeffs))
+    assert spectra[0]["dst"]["roots"][0][0] == pytest.approx(roots[0].real.item(), rel=1e-5)

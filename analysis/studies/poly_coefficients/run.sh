@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Coefficient policies where the coefficients act: recipes/c2f_poly_coefficients.yaml under five
+# placements (resumable: rerun and finished phases are reused). Usage: run.sh [row ...]
+#   default  the g4 row of seed 000 Table 3 (bn-relu on r and on α·A r: scale-free α)
+#   eq22     Table 1 eq. 22: σ on r and on the update, no BN
+#   eq23     Table 1 eq. 23: σ on u once per level, no BN
+#   eq24     Table 1 eq. 24: σ on r, no BN
+#   eq23+24  eqs. 23 + 24
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+MRES=${MRES:-.venv/bin/mres}
+rows=${*:-default eq22 eq23 eq24 eq23+24}
+for row in $rows; do
+  case $row in
+    default) set_=();;
+    eq22)    set_=(--set model.residual=relu --set model.update=relu --set model.output=plain);;
+    eq23)    set_=(--set model.residual=plain --set model.update=plain --set model.output=relu);;
+    eq24)    set_=(--set model.residual=relu --set model.update=plain --set model.output=plain);;
+    eq23+24) set_=(--set model.residual=relu --set model.update=plain --set model.output=relu);;
+    *) echo "unknown row $row" >&2; exit 2;;
+  esac
+  out=runs/poly_coefficients/$row
+  if [ -f "$out/recipe.yaml" ]; then $MRES coarse-to-fine --resume "$out"
+  else $MRES coarse-to-fine --recipe recipes/c2f_poly_coefficients.yaml --out "$out" "${set_[@]}"; fi
+done
