@@ -128,6 +128,8 @@ class TrainConfig(Strict):
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     deterministic: bool = False
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+    check_every: int | None = Field(None, ge=1, description="optimizer steps between host reads of the "
+                                    "non-finite-loss flag (null: 1 on CPU, 50 on CUDA, where a read stalls the GPU)")
     stages: list["StageConfig"] | None = Field(
         None, description="train in stages (e.g. the classifier alone, then all); epochs: their sum")
 

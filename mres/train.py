@@ -240,6 +240,7 @@ def fit(
     if ckpt_path is not None:
         remove_stale_temps(ckpt_path)
     use_amp = cfg.amp and device.type == "cuda"
+    check = cfg.check_every or (50 if device.type == "cuda" else 1)
     regularization = getattr(model, "regularization", None)
     t_start = time.perf_counter()
 
@@ -252,6 +253,7 @@ def fit(
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
             correct = torch.zeros((), device=device, dtype=torch.int64)
             seen = accepted = 0
+            first_bad = torch.full((), -1, dtype=torch.int64, device=device)
             for step, (xb, yb) in enumerate(iterate_batches(data.x_train, data.y_train, cfg.batch_size, gen,
                                                             crop_padding=pad, flip=aug.flip)):
                 if cfg.channels_last:
@@ -265,9 +267,10 @@ def fit(
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     out = model(xb)
                     loss, total = objective(out)
-                if not torch.isfinite(total):
-                    raise DivergedError(f"{label}: non-finite loss ({total.item()}) at epoch {epoch + 1}, "
-                                        f"step {step + 1}; {_kept(ckpt_path)}", epoch + 1, step + 1, metrics)
+                # the first non-finite step, kept on the device; the host reads it every `check` steps
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(total.detach()), step, first_bad)
+                if (step + 1) % check == 0 and first_bad >= 0:
+                    raise _diverged(label, epoch, int(first_bad), ckpt_path, metrics)
                 if trust_region:  # one trust-region step on this batch, its ratio test on this batch too
                     opt.step(lambda: objective(model(xb))[1], loss=total)
                     accepted += int(opt.last["accepted"])
@@ -283,6 +286,8 @@ def fit(
                 correct += (out.detach().argmax(1) == yb).sum()
                 seen += len(yb)
                 bar.step()
+            if first_bad >= 0:  # the epoch's last read of the flag
+                raise _diverged(label, epoch, int(first_bad), ckpt_path, metrics)
             if device.type == "cuda":  # queued kernels belong to this epoch's training time
                 torch.cuda.synchronize(device)
             train_seconds = time.perf_counter() - t0
@@ -313,6 +318,11 @@ def fit(
             if on_epoch is not None:
                 on_epoch(row)
     return metrics
+
+
+def _diverged(label: str, epoch: int, step: int, ckpt_path: Path | None, metrics: list) -> DivergedError:
+    return DivergedError(f"{label}: non-finite loss at epoch {epoch + 1}, step {step + 1}; {_kept(ckpt_path)}",
+                         epoch + 1, step + 1, metrics)
 
 
 def _frozen_norms_eval(model: nn.Module) -> None:

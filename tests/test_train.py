@@ -10,6 +10,7 @@ from mres.errors import DivergedError, UserError
 from mres.models import build_model
 from mres.recipe import DatasetConfig, ScheduleConfig, TrainConfig
 from mres.train import fit, lr_factor
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 
 def small_data(n_train=300, n_test=100, size=8):
@@ -134,3 +135,26 @@ def test_non_finite_loss_stops_with_epoch_and_step(tmp_path):
         fit(model_for(data), data, cfg(epochs=3, optimizer={"name": "sgd", "lr": 1e6, "momentum": 0.9}),
             ckpt_path=ck, progress=False)
     assert e.value.epoch >= 1 and e.value.step >= 1 and "epoch" in str(e.value)
+
+
+def test_non_finite_flag_is_read_every_n_steps_and_keeps_the_first_bad_step(tmp_path):
+    # a loss that turns NaN at step 3 (a forward hook): with check_every 4 the loop runs on to step 4,
+    # then reports step 3 — the device flag keeps the first bad step without a host read per step
+    data = small_data()
+    model = model_for(data)
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] == 3 else output
+
+    model.register_forward_hook(poison)
+    steps: list[int] = []
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: steps.append(1))
+    try:
+        with pytest.raises(DivergedError) as e:
+            fit(model, data, cfg(epochs=1, batch_size=8, check_every=4), progress=False)
+    finally:
+        handle.remove()
+    assert (e.value.epoch, e.value.step) == (1, 3) and "step 3" in str(e.value)
+    assert len(steps) == 3  # steps 1-3 stepped, the read at step 4 stopped it (a read per step: 2)
