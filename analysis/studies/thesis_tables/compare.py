@@ -114,7 +114,8 @@ def ordering_lines(table: str, cells: dict[str, dict[int, list]]) -> list[str]:
             t = paired(column(cells[a], c), column(cells[b], c))
             want = th[a][c] - th[b][c]
             sign_ok = t["mean_diff"] is not None and np.sign(t["mean_diff"]) == np.sign(want)
-            verdict = ("holds" if sign_ok and t["significant"] else "same sign, not significant" if sign_ok
+            verdict = ("no trials yet" if t["mean_diff"] is None else "holds" if sign_ok and t["significant"]
+                       else "same sign, not significant" if sign_ok
                        else "reversed" if t["significant"] else "not reproduced (opposite sign, not significant)")
             parts.append(f"{ROWS[a]} − {ROWS[b]}: thesis {want:+.1f}, here {fmt_test(t)} → {verdict}")
         lines.append(f"- {name}: " + "; ".join(parts))
