@@ -35,13 +35,14 @@ import torch.nn as nn
 from rich.markup import escape
 
 from . import stats, tta
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint
 from .data import TensorData, iterate_batches, load_dataset, num_batches
 from .errors import DivergedError, Interrupted, UserError
 from .models import build_model
 from .recipe import CoarseToFineRecipe, TrainConfig, dump_yaml, parse_yaml, to_plain
+from .distributed import barrier, world
 from .train import (LRPlan, configure_runtime, console, evaluate, fit, json_safe, momentum_buffers, select_device,
-                    trainable, write_metrics)
+                    save_checkpoint_main, trainable, write_metrics)
 from .transfer import function_preservation, level_spectra, recalibrate_bn, transfer_like_weights, transfer_weights
 
 BASELINES = ("fresh", "fine-only")  # trained at the finest grid only, without the coarse model
@@ -258,9 +259,10 @@ class CoarseToFine:
                 diverged = {**r["diverged"], "stage": i}
                 break
         if diverged is None:
-            save_checkpoint(ckpt, load_checkpoint(sdir / "checkpoints" / "last.pt"))
+            save_checkpoint_main(ckpt, load_checkpoint(sdir / "checkpoints" / "last.pt"))
         metrics = [{**m, "stage": s["stage"]} for s in stages for m in s["metrics"]]
-        write_metrics(phase_dir / "metrics.jsonl", metrics)
+        if world().main:
+            write_metrics(phase_dir / "metrics.jsonl", metrics)
         result = {"resolution": resolution, "metrics": metrics, "seconds": sum(s["seconds"] for s in stages),
                   "train_seconds": sum(s["train_seconds"] for s in stages), "diverged": diverged,
                   "stages": [{k: v for k, v in s.items() if k != "metrics"} | {"epochs_done": len(s["metrics"])}
@@ -287,8 +289,10 @@ class CoarseToFine:
     def run(self) -> dict[str, Any]:
         r = self.recipe
         self._check_resume()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "recipe.yaml").write_text(dump_yaml(r))
+        if world().main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "recipe.yaml").write_text(dump_yaml(r))
+        barrier()
         configure_runtime(r.threads, r.coarse.deterministic or r.fine.deterministic)
         self.data = load_dataset(r.dataset, self.device)
         phases = plan_phases(r, len(self.data.y_train))
@@ -336,7 +340,9 @@ class CoarseToFine:
         _write_json(self.run_dir / "summary.json", summary)
         from .report import write_report
 
-        write_report(self.run_dir)
+        if world().main:
+            write_report(self.run_dir)
+        barrier()
         return summary
 
     def _interrupted_message(self) -> str:
@@ -401,8 +407,8 @@ class CoarseToFine:
             # the start of this phase, for landscapes / feature pictures (thesis Fig. 4.3)
             start = pdir / "checkpoints" / "start.pt"
             if not start.exists():
-                save_checkpoint(start, {**self._extra(res, f"{v.label} start"), "model": model.state_dict(),
-                                        "epoch": 0, "metrics": []})
+                save_checkpoint_main(start, {**self._extra(res, f"{v.label} start"), "model": model.state_dict(),
+                                             "epoch": 0, "metrics": []})
             # evaluation before any training at this grid
             tr_loss, tr_acc = evaluate(model, data.x_train, data.y_train)
             te_loss, te_acc = evaluate(model, data.x_test, data.y_test)
@@ -489,10 +495,13 @@ def _sync(device: torch.device) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(obj), indent=1, default=float, allow_nan=False))
-    os.replace(tmp, path)
+    """Atomic JSON; under torchrun rank 0 writes and every rank waits for it."""
+    if world().main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(json_safe(obj), indent=1, default=float, allow_nan=False))
+        os.replace(tmp, path)
+    barrier()
 
 
 # ----------------------------------------------------------------------------- summary.json

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .checkpoint import remove_stale_temps, save_checkpoint
 from .data import TensorData, iterate_batches, num_batches
+from .distributed import all_reduce_max, all_reduce_sum, barrier, shard, world
 from .errors import DivergedError, Interrupted, UserError
 from .optim import CGSteihaug
 from .recipe import AugmentConfig, OptimizerConfig, ScheduleConfig, TrainConfig, TrainRecipe
@@ -38,7 +39,9 @@ console = Console(stderr=True)
 # ----------------------------------------------------------------------------- setup
 def select_device(name: str = "auto") -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and torch.cuda.is_available() and world().distributed:
+        return torch.device("cuda", world().local_rank)  # torchrun: one device per rank
     if name == "cuda" and not torch.cuda.is_available():
         from .errors import UserError
 
@@ -167,9 +170,11 @@ def trainable(model: nn.Module, which: str) -> Iterator[None]:
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
              channels_last: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy in eval mode."""
+    """Mean cross-entropy and accuracy in eval mode (under torchrun: each rank its shard, summed)."""
     was_training = model.training
     model.eval()
+    n = max(1, len(y))
+    x, y = x[shard(len(y))], y[shard(len(y))]
     loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
     for i in range(0, len(y), batch_size):
@@ -180,7 +185,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         loss_sum += F.cross_entropy(out, yb, reduction="sum").double()
         correct += (out.argmax(1) == yb).sum()
     model.train(was_training)
-    n = max(1, len(y))
+    all_reduce_sum(loss_sum), all_reduce_sum(correct)
     return float(loss_sum) / n, float(correct) / n
 
 
@@ -218,6 +223,13 @@ def fit(
         model.to(memory_format=torch.channels_last)
     gen = seed_everything(seed)
     opt = build_optimizer(model, cfg.optimizer)
+    ranks = world()
+    if ranks.distributed and isinstance(opt, CGSteihaug):
+        raise UserError("optimizer cg-steihaug does not run data-parallel (its CG solve and ratio test would need "
+                        "every Hessian-vector product all-reduced): run it in one process")
+    net = model  # what the step calls: DistributedDataParallel averages the gradients over ranks
+    if ranks.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     spe = num_batches(len(data.y_train), cfg.batch_size)
     plan = lr_plan or LRPlan.for_phase(cfg.schedule, spe, cfg.epochs)
     trust_region = isinstance(opt, CGSteihaug)  # its radius sets the step: no lr schedule
@@ -237,14 +249,14 @@ def fit(
         prior_seconds = float(resume.get("seconds_so_far", 0.0))
     elif momentum and not trust_region:
         set_momentum(model, opt, momentum)
-    if ckpt_path is not None:
+    if ckpt_path is not None and ranks.main:
         remove_stale_temps(ckpt_path)
     use_amp = cfg.amp and device.type == "cuda"
     check = cfg.check_every or (50 if device.type == "cuda" else 1)
     regularization = getattr(model, "regularization", None)
     t_start = time.perf_counter()
 
-    bar = _Progress(enabled=progress, label=label, epochs=cfg.epochs, steps=spe, start=start_epoch)
+    bar = _Progress(enabled=progress and ranks.main, label=label, epochs=cfg.epochs, steps=spe, start=start_epoch)
     with bar:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
@@ -256,6 +268,9 @@ def fit(
             first_bad = torch.full((), -1, dtype=torch.int64, device=device)
             for step, (xb, yb) in enumerate(iterate_batches(data.x_train, data.y_train, cfg.batch_size, gen,
                                                             crop_padding=pad, flip=aug.flip)):
+                n_global = len(yb)
+                xb, yb = xb[shard(n_global)], yb[shard(n_global)]  # this rank's rows of the global batch
+                scale = len(yb) * ranks.size / n_global  # 1 in one process: DDP's mean is the global mean
                 if cfg.channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
 
@@ -265,19 +280,19 @@ def fit(
                     return loss, (loss if reg is None else loss + reg)
 
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    out = model(xb)
+                    out = net(xb)
                     loss, total = objective(out)
                 # the first non-finite step, kept on the device; the host reads it every `check` steps
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(total.detach()), step, first_bad)
-                if (step + 1) % check == 0 and first_bad >= 0:
-                    raise _diverged(label, epoch, int(first_bad), ckpt_path, metrics)
+                if (step + 1) % check == 0:
+                    _stop_if_diverged(first_bad, label, epoch, ckpt_path, metrics)
                 if trust_region:  # one trust-region step on this batch, its ratio test on this batch too
                     opt.step(lambda: objective(model(xb))[1], loss=total)
                     accepted += int(opt.last["accepted"])
                 else:
                     lr_used = opt.param_groups[0]["lr"]
                     opt.zero_grad(set_to_none=True)
-                    total.backward()
+                    (total if scale == 1.0 else total * scale).backward()
                     if cfg.grad_clip is not None:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     opt.step()
@@ -286,8 +301,10 @@ def fit(
                 correct += (out.detach().argmax(1) == yb).sum()
                 seen += len(yb)
                 bar.step()
-            if first_bad >= 0:  # the epoch's last read of the flag
-                raise _diverged(label, epoch, int(first_bad), ckpt_path, metrics)
+            _stop_if_diverged(first_bad, label, epoch, ckpt_path, metrics)  # the epoch's last read of the flag
+            seen_t = all_reduce_sum(torch.tensor(seen, device=device, dtype=torch.float64))
+            all_reduce_sum(loss_sum), all_reduce_sum(correct)
+            seen = int(seen_t)
             if device.type == "cuda":  # queued kernels belong to this epoch's training time
                 torch.cuda.synchronize(device)
             train_seconds = time.perf_counter() - t0
@@ -304,13 +321,13 @@ def fit(
             row["train_seconds"] = train_seconds
             metrics.append(row)
             bad = _nonfinite(model, row)
-            if metrics_path is not None:
+            if metrics_path is not None and ranks.main:
                 write_metrics(metrics_path, metrics)
             if bad:  # e.g. the last step of the epoch blew the weights up: keep the last good checkpoint
                 raise DivergedError(f"{label}: non-finite {', '.join(bad)} after epoch {epoch + 1}; {_kept(ckpt_path)}",
                                     epoch + 1, seen // cfg.batch_size, metrics)
             if ckpt_path is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
-                save_checkpoint(ckpt_path, {
+                save_checkpoint_main(ckpt_path, {
                     **(extra or {}), "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict() if sched is not None else {}, "epoch": epoch + 1, "rng": _get_rng(gen),
                     "metrics": metrics, "seconds_so_far": prior_seconds + time.perf_counter() - t_start})
@@ -320,9 +337,22 @@ def fit(
     return metrics
 
 
-def _diverged(label: str, epoch: int, step: int, ckpt_path: Path | None, metrics: list) -> DivergedError:
-    return DivergedError(f"{label}: non-finite loss at epoch {epoch + 1}, step {step + 1}; {_kept(ckpt_path)}",
-                         epoch + 1, step + 1, metrics)
+def save_checkpoint_main(path: Path, state: dict[str, Any]) -> None:
+    """Rank 0 writes; every rank waits until it has (so a later read on any rank finds the file)."""
+    if world().main:
+        save_checkpoint(path, state)
+    barrier()
+
+
+def _stop_if_diverged(first_bad: torch.Tensor, label: str, epoch: int, ckpt_path: Path | None,
+                      metrics: list) -> None:
+    """Read the device flag (one host sync; under torchrun its max over the ranks, so every rank stops at
+    the same step) and raise DivergedError naming the epoch and the step of the first non-finite loss
+    (of the rank that saw one last, under torchrun)."""
+    step = int(all_reduce_max(first_bad.clone()))
+    if step >= 0:
+        raise DivergedError(f"{label}: non-finite loss at epoch {epoch + 1}, step {step + 1}; {_kept(ckpt_path)}",
+                            epoch + 1, step + 1, metrics)
 
 
 def _frozen_norms_eval(model: nn.Module) -> None:
@@ -487,8 +517,10 @@ def train_job(recipe: TrainRecipe, run_dir: Path, resume: bool = False, progress
     state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
     if state is not None:
         check_resumable(state, model, arch, recipe.resolution, ckpt_path)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(dump_yaml(recipe))
+    if world().main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.yaml").write_text(dump_yaml(recipe))
+    barrier()
     extra = {"recipe": to_plain(recipe), "resolution": recipe.resolution, "arch": arch,
              "normalization": {"mean": list(data.mean), "std": list(data.std)}}
     t0 = time.perf_counter()

@@ -258,7 +258,7 @@ def test_model_options_are_recipe_errors_with_value_and_allowed(tmp_path, run_cl
     assert code == 2
     assert "model.widht2: unknown key (allowed for this model: name, pool, width1, width2" in err, err
     assert "model.width1: " in err and "(got 'abc')" in err
-    assert "model.classifier_init: must be one of 'normal' or 'dct-smooth' (got 'smooth')" in err
+    assert "model.classifier_init: must be one of 'normal', 'dct-smooth' or 'dct-uniform' (got 'smooth')" in err, err
     # every family: widths / channels ≥ 1, width_scale > 0 and finite
     cases = [("cnn", {"width2": 0}, "model.width2"), ("cnn", {"smooth_classifier": -1.0}, "model.smooth_classifier"),
              ("mgnet[2,2]-[8]-Bl", {"width_scale": 0}, "model.width_scale"),

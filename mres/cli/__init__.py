@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import os
 import sys
 
 import typer
@@ -81,10 +82,32 @@ def _split_debug(args: list[str]) -> tuple[list[str], bool]:
 
 
 def _error(message: str, code: int, prefix: str = "error:") -> None:
-    """One line on stderr (user text escaped: rich would eat ``[best]`` as markup) and exit."""
+    """One line on stderr (user text escaped: rich would eat ``[best]`` as markup) and exit.
+    Under torchrun the line names the rank."""
+    from ..distributed import world
+
+    if world().distributed:
+        prefix = f"rank {world().rank}: {prefix}".strip()
     err_console.print(f"[bold red]{prefix}[/] {escape(message)}" if prefix else escape(message),
                       highlight=False, soft_wrap=True)
     sys.exit(code)
+
+
+def _join_ranks() -> None:
+    """Under torchrun: join the process group; ranks other than 0 print nothing but their errors."""
+    import atexit
+
+    from ..distributed import init_from_env, shutdown
+
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
+        return
+    w = init_from_env()
+    atexit.register(shutdown)
+    if not w.main:
+        from ..train import console as train_console
+
+        console.quiet = True
+        train_console.quiet = True
 
 
 def _no_space_message(exc: OSError) -> str:
@@ -99,6 +122,7 @@ def main() -> None:
     args, debug = _split_debug(sys.argv[1:])
     _state["debug"] = debug
     try:
+        _join_ranks()
         # without standalone mode typer *returns* the code of an Exit — Ctrl-C outside a run
         # loop arrives as Exit(130), a command's `raise typer.Exit(n)` as n
         rv = app(args=args, prog_name="mres", standalone_mode=False)

@@ -27,14 +27,17 @@ def coarse_to_fine_cmd(
     from ..recipe import CoarseToFineRecipe
 
     rec, run_dir = recipe_and_run_dir(recipe, out, set_, resume, CoarseToFineRecipe, "coarse-to-fine")
+    from ..distributed import barrier, world
+
     summary = run_coarse_to_fine(rec, run_dir, progress=not quiet)
-    if rec.analysis.landscape or rec.analysis.features:  # what exists is analysed (skipped variants have none)
+    if (rec.analysis.landscape or rec.analysis.features) and world().main:  # what exists is analysed
         from ..analysis import analyse_coarse_to_fine
 
         analyse_coarse_to_fine(rec, run_dir, progress=not quiet)
         from ..report import write_report
 
         write_report(run_dir)
+    barrier()
     print_summary(summary)
     from rich.markup import escape
 
