@@ -186,10 +186,8 @@ def transposed_stencil_map_is_exact(family: str | OperatorFamily, size: int, pad
 
 def restrict_transposed(weight: torch.Tensor, family: str | OperatorFamily, padding: int) -> torch.Tensor:
     """Fine → coarse kernels of a stride-2 transposed conv (weight (C_in, C_out, k, k)): ``w_2h = M w_h``."""
-    k = weight.shape[-1]
-    m1 = transposed_stencil_map_1d(family, k, padding).to(weight.device)
-    flat = weight.reshape(-1, k * k).to(torch.float64)
-    return (flat @ torch.kron(m1, m1).T).reshape(weight.shape).to(weight.dtype)
+    m1 = transposed_stencil_map_1d(family, weight.shape[-1], padding)
+    return _apply_map(weight, torch.kron(m1, m1))
 
 
 def prolongate_transposed(weight: torch.Tensor, family: str | OperatorFamily, padding: int,
@@ -198,16 +196,8 @@ def prolongate_transposed(weight: torch.Tensor, family: str | OperatorFamily, pa
     ``lam ‖w_h − w_2h‖²`` (minimum-norm when ``lam == 0``); M is singular for every family here."""
     if lam < 0 or not math.isfinite(lam):
         raise ValueError(f"lam must be a finite number >= 0, got {lam}")
-    k = weight.shape[-1]
-    m1 = transposed_stencil_map_1d(family, k, padding).to(weight.device)
-    m = torch.kron(m1, m1)
-    rhs = weight.reshape(-1, k * k).to(torch.float64).T
-    if lam > 0:
-        eye = torch.eye(k * k, dtype=torch.float64, device=m.device)
-        sol = torch.linalg.solve(m.T @ m + lam * eye, m.T @ rhs + lam * rhs)
-    else:
-        sol = torch.linalg.pinv(m) @ rhs
-    return sol.T.reshape(weight.shape).to(weight.dtype)
+    m1 = transposed_stencil_map_1d(family, weight.shape[-1], padding)
+    return _solve_map(weight, torch.kron(m1, m1), lam, singular=True)
 
 
 def _kernel_size(weight: torch.Tensor) -> int:
@@ -230,9 +220,7 @@ def restrict_stencils(weight: torch.Tensor, family: str | OperatorFamily, stride
         warnings.warn(
             f"{get_family(family).name}: the coarse operator of a {k}×{k} stencil{' (stride 2)' * (stride == 2)} "
             f"is wider than {k}×{k}; restriction truncates it", stacklevel=2)
-    m = stencil_map(family, k, stride).to(weight.device)
-    flat = weight.reshape(-1, k * k).to(torch.float64)
-    return (flat @ m.T).reshape(weight.shape).to(weight.dtype)
+    return _apply_map(weight, stencil_map(family, k, stride))
 
 
 def prolongate_stencils(weight: torch.Tensor, family: str | OperatorFamily, lam: float = 0.0,
@@ -253,7 +241,6 @@ def prolongate_stencils(weight: torch.Tensor, family: str | OperatorFamily, lam:
         raise ValueError(f"lam must be a finite number >= 0, got {lam}")
     k = _kernel_size(weight)
     m = stencil_map(family, k, stride).to(weight.device)
-    rhs = weight.reshape(-1, k * k).to(torch.float64).T  # (k², channels)
     singular = k > 3 or stride == 2
     if singular:
         what = "ill-conditioned or singular" if stride == 1 else f"rank {int(torch.linalg.matrix_rank(m))} of {k * k}"
@@ -261,6 +248,22 @@ def prolongate_stencils(weight: torch.Tensor, family: str | OperatorFamily, lam:
             f"prolongating {k}×{k}{' stride-2' * (stride == 2)} stencils with {get_family(family).name}: M is "
             f"{what} (cond = {torch.linalg.cond(m).item():.3g}); using least squares with lam={lam}",
             stacklevel=2)
+    return _solve_map(weight, m, lam, singular)
+
+
+def _apply_map(weight: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``M θ`` for every leading index of ``weight`` (..., k, k), one float64 matmul; shape and dtype kept."""
+    k = weight.shape[-1]
+    flat = weight.reshape(-1, k * k).to(torch.float64)
+    return (flat @ m.to(weight.device).T).reshape(weight.shape).to(weight.dtype)
+
+
+def _solve_map(weight: torch.Tensor, m: torch.Tensor, lam: float, singular: bool) -> torch.Tensor:
+    """``M θ_h = θ_2h`` for every leading index: ``lam > 0`` the regularised normal equations
+    ``(MᵀM + lam I) θ_h = Mᵀ θ_2h + lam θ_2h``, else minimum-norm least squares (``singular``) or a solve."""
+    k = weight.shape[-1]
+    rhs = weight.reshape(-1, k * k).to(torch.float64).T  # (k², channels)
+    m = m.to(weight.device)
     if lam > 0:
         eye = torch.eye(k * k, dtype=torch.float64, device=m.device)
         sol = torch.linalg.solve(m.T @ m + lam * eye, m.T @ rhs + lam * rhs)

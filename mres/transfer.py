@@ -116,7 +116,11 @@ def map_stride(stride: int, family: str, size: int) -> int:
 
 def galerkin_residual(fine: torch.Tensor, coarse: torch.Tensor, family: str, stride: int = 1) -> float:
     """``‖M θ_h − θ_2h‖ / ‖θ_2h‖`` (nan when the coarse kernel is zero)."""
-    restricted = restrict_stencils(fine.detach().to(torch.float64), family, stride)
+    return _relative_gap(restrict_stencils(fine.detach().to(torch.float64), family, stride), coarse)
+
+
+def _relative_gap(restricted: torch.Tensor, coarse: torch.Tensor) -> float:
+    """``‖restricted − coarse‖ / ‖coarse‖`` in float64 (nan when the coarse tensor is zero)."""
     coarse = coarse.detach().to(torch.float64)
     denom = coarse.norm().item()
     return (restricted - coarse).norm().item() / denom if denom > 0 else float("nan")
@@ -285,9 +289,7 @@ class _Mover:
         fine, coarse = (d_t, s_t) if self.direction == "prolongate" else (s_t, d_t)
         if kind.startswith("convT"):
             pad = int(kind.split("-p")[1].split("-")[0])
-            restricted = restrict_transposed(fine.detach().double(), self.family, pad)
-            denom = coarse.detach().double().norm().item()
-            return (restricted - coarse.detach().double()).norm().item() / denom if denom > 0 else float("nan")
+            return _relative_gap(restrict_transposed(fine.detach().double(), self.family, pad), coarse)
         exact_s2 = "-s2" in kind and not kind.endswith("-approx")
         return galerkin_residual(fine, coarse, self.family, stride=2 if exact_s2 else 1)
 
