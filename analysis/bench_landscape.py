@@ -52,7 +52,7 @@ def time_points(ev: ls.SurfaceEvaluator, coords: torch.Tensor, repeats: int) -> 
 
 
 def setting(device: torch.device, res: int, n: int, n_points: int, loop_batches: list[int],
-            vmap_configs: list[tuple[int, int]], repeats: int, pool: bool = False) -> dict:
+            vmap_configs: list[tuple[int, int]], repeats: int, pool: bool = False, channels_last: bool = False) -> dict:
     torch.manual_seed(0)
     model = build_model("cnn", {"pool": pool}, 1, 10, res).to(device).eval()
     x = torch.randn(n, 1, res, res, device=device)
@@ -64,17 +64,18 @@ def setting(device: torch.device, res: int, n: int, n_points: int, loop_batches:
 
     loop = []
     for bs in loop_batches:
-        ev = ls.SurfaceEvaluator(model, base, dirs, x, y, method="loop", batch_size=min(bs, n))
+        ev = ls.SurfaceEvaluator(model, base, dirs, x, y, method="loop", batch_size=min(bs, n), channels_last=channels_last)
         loop.append((time_points(ev, coords, repeats), bs))
     (t_loop, loss_loop), bs_loop = min(loop, key=lambda r: r[0][0])
     vm = []
     for chunk, bs in vmap_configs:
-        ev = ls.SurfaceEvaluator(model, base, dirs, x, y, method="vmap", chunk=chunk, batch_size=min(bs, n))
+        ev = ls.SurfaceEvaluator(model, base, dirs, x, y, method="vmap", chunk=chunk, batch_size=min(bs, n),
+                                 channels_last=channels_last)
         vm.append((time_points(ev, coords, repeats), (chunk, bs)))
     (t_vmap, loss_vmap), (chunk, bs_vmap) = min(vm, key=lambda r: r[0][0])
     rel = float(np.max(np.abs(loss_vmap - loss_loop) / np.abs(loss_loop)))
     flops = cnn_flops_per_sample(res, pool) * n
-    return dict(res=res, n=n, pool=pool, loop=1 / t_loop, bs_loop=bs_loop, vmap=1 / t_vmap, chunk=chunk,
+    return dict(res=res, n=n, pool=pool, cl=channels_last, loop=1 / t_loop, bs_loop=bs_loop, vmap=1 / t_vmap, chunk=chunk,
                 bs_vmap=bs_vmap, ratio=t_loop / t_vmap, rel=rel, gflops_loop=flops / t_loop / 1e9,
                 gflops_vmap=flops / t_vmap / 1e9, all_vmap={c: 1 / r[0] for r, c in vm})
 
@@ -95,7 +96,7 @@ def report(rows: list[dict], device: torch.device, overhead: float) -> None:
     print(f"{'setting':<22}{'loop pt/s':>10}{'vmap pt/s':>10}{'ratio':>7}{'max rel diff':>14}"
           f"{'GFLOP/s loop/vmap':>20}   vmap K×batch tried (pt/s)")
     for r in rows:
-        name = f"{r['res']}x{r['res']}{' pool' if r['pool'] else ''}, n={r['n']}"
+        name = f"{r['res']}x{r['res']}{' pool' if r['pool'] else ''}{' cl' if r.get('cl') else ''}, n={r['n']}"
         tried = " ".join(f"{k}x{b}:{v:.1f}" for (k, b), v in r["all_vmap"].items())
         print(f"{name:<22}{r['loop']:>10.2f}{r['vmap']:>10.2f}{r['ratio']:>6.2f}x{r['rel']:>14.1e}"
               f"{r['gflops_loop']:>11.1f} / {r['gflops_vmap']:<7.1f}  {tried}")
@@ -132,9 +133,15 @@ def main() -> None:
             # a small subset, where per-point overhead starts to matter
             setting(cpu, 14, 64, 64 // q, [64], [(8, 64), (32, 64)], repeats),
         ]
+        # 28x28 at the 14x14 rate? channels_last and a cache-sized batch (the loop picks its best batch)
+        rows.append(setting(cpu, 28, 1000, 8 // q, [32, 64, 128, 256], [(8 // q, 32)], repeats, channels_last=True))
         overhead = overhead_per_point(cpu, 28, repeats)
         report(rows, cpu, overhead)
         big, small = rows[:3], rows[3]
+        ref = rows[2]["gflops_loop"]
+        print("conv rate at 28x28 against 14x14 (loop, GFLOP/s; goal >= 0.8): "
+              f"NCHW {rows[0]['gflops_loop'] / ref:.2f}, channels_last (batch {rows[4]['bs_loop']}) "
+              f"{rows[4]['gflops_loop'] / ref:.2f}; vmap channels_last {rows[4]['gflops_vmap'] / rows[2]['gflops_vmap']:.2f}")
         print(f"""
 Why the ratio is what it is on this CPU: both paths do the same floating-point work.  A grid
 point of the thesis CNN is n images through conv2 (32->64 channels, 3x3) at full resolution,

@@ -40,7 +40,7 @@ from .data import TensorData, iterate_batches, load_dataset, num_batches
 from .errors import DivergedError, Interrupted, UserError
 from .models import build_model
 from .recipe import CoarseToFineRecipe, TrainConfig, dump_yaml, parse_yaml, to_plain
-from .distributed import barrier, world
+from .distributed import alone, barrier, barrier_all, group, world
 from .train import (LRPlan, configure_runtime, console, evaluate, fit, json_safe, momentum_buffers, select_device,
                     save_checkpoint_main, trainable, write_metrics)
 from .transfer import function_preservation, level_spectra, recalibrate_bn, transfer_like_weights, transfer_weights
@@ -225,6 +225,8 @@ class CoarseToFine:
         result = {"resolution": resolution, "metrics": metrics, "seconds": sum(m.get("seconds") or 0.0 for m in metrics),
                   "train_seconds": sum(m.get("train_seconds") or 0.0 for m in metrics), "diverged": diverged}
         result["config"] = config
+        if group().distributed:  # which rank(s) trained it: all (data-parallel) or one (parallel: variants)
+            result["trained_by"] = {"ranks": group().size if world().distributed else 1, "rank": group().rank}
         if plan is not None:
             result["lr_plan"] = {"offset": plan.offset, "total": plan.total}
         _write_json(result_path, result)
@@ -314,19 +316,13 @@ class CoarseToFine:
                              f"against coarse + fine's {pixel_work(phases):,.0f})" if r.fine_only.epochs is None else ""))
         trials: list[dict[str, Any]] = []
         try:
+            if r.parallel == "variants" and group().distributed:
+                self._spread(vs, phases, plans, fine_only_epochs)  # every phase trained: the loop below collects
             for trial in range(r.trials):
                 seed = r.seed + 1000 * trial
                 tdir = self.run_dir / f"trial{trial}"
                 entry: dict[str, Any] = {"trial": trial, "seed": seed, "coarse": None, "variants": {}}
-                coarse = coarse_state = None
-                if any(v.needs_coarse for v in vs):  # 1. coarse training, shared by every transfer
-                    p0 = phases[0]
-                    coarse = self._build(p0.resolution, seed)
-                    cdata = self._phase_data(p0.resolution, r.coarse_subset, seed)
-                    entry["coarse"] = self._train_phase(tdir / f"coarse-{p0.resolution}", coarse, cdata, p0.cfg, seed,
-                                                        f"t{trial} coarse {p0.resolution}", p0.resolution, plans[0])
-                    coarse_state = {k: v.detach().clone() for k, v in coarse.state_dict().items()}
-                    self._sensitivity(tdir / f"coarse-{p0.resolution}", coarse, cdata, entry["coarse"])
+                coarse, coarse_state, entry["coarse"] = self._coarse(trial, vs, phases, plans)
                 for v in vs:  # 2. each variant up the cascade (or a baseline at the finest grid)
                     entry["variants"][v.label] = self._run_variant(v, tdir, coarse, coarse_state, entry["coarse"],
                                                                    seed, trial, phases, plans, fine_only_epochs)
@@ -344,6 +340,44 @@ class CoarseToFine:
             write_report(self.run_dir)
         barrier()
         return summary
+
+    def _coarse(self, trial: int, vs: list[Variant], phases: list[Phase],
+                plans: list[LRPlan]) -> tuple[nn.Module | None, dict | None, dict | None]:
+        """1. A trial's coarse training, shared by every transfer (reused when finished): the model, its
+        state and the phase's result (all None when no variant needs it)."""
+        if not any(v.needs_coarse for v in vs):
+            return None, None, None
+        r, p0 = self.recipe, phases[0]
+        seed = r.seed + 1000 * trial
+        cdir = self.run_dir / f"trial{trial}" / f"coarse-{p0.resolution}"
+        coarse = self._build(p0.resolution, seed)
+        cdata = self._phase_data(p0.resolution, r.coarse_subset, seed)
+        cres = self._train_phase(cdir, coarse, cdata, p0.cfg, seed, f"t{trial} coarse {p0.resolution}", p0.resolution,
+                                 plans[0])
+        self._sensitivity(cdir, coarse, cdata, cres)
+        return coarse, {k: v.detach().clone() for k, v in coarse.state_dict().items()}, cres
+
+    def _spread(self, vs: list[Variant], phases: list[Phase], plans: list[LRPlan], fine_only_epochs: int) -> None:
+        """``parallel: variants`` under torchrun: the trials' coarse phases, then every (trial, variant),
+        dealt round-robin to the ranks; each rank trains its share alone on its device and writes its own
+        phase directories. After this every phase is finished, so rank 0's pass over the trials only
+        reads them back (and re-evaluates each start) to write the summary."""
+        r, g = self.recipe, group()
+        mine = lambda i: i % g.size == g.rank  # noqa: E731
+        with alone():
+            for trial in range(r.trials):
+                if mine(trial):
+                    self._coarse(trial, vs, phases, plans)
+        barrier_all()  # every coarse phase on disk
+        tasks = [(trial, v) for trial in range(r.trials) for v in vs]
+        with alone():
+            for i, (trial, v) in enumerate(tasks):
+                if mine(i):
+                    coarse, state, cres = self._coarse(trial, vs, phases, plans) if v.needs_coarse else (None,) * 3
+                    self._run_variant(v, self.run_dir / f"trial{trial}", coarse, state, cres,
+                                      r.seed + 1000 * trial, trial, phases, plans, fine_only_epochs)
+        barrier_all()
+        console.print(f"parallel: variants: {len(tasks)} variant runs over {g.size} ranks finished")
 
     def _interrupted_message(self) -> str:
         where = "no phase had started"
@@ -459,6 +493,10 @@ def _check_phase(phase_dir: Path, saved: dict[str, Any] | None, now: dict[str, A
     change its epochs (its lr plan may then change: a warning, as for ``mres train --resume``)."""
     if saved is None:  # written before phases recorded their settings
         return
+    # a setting added to mres after the phase was trained counts as its default (what it was trained with)
+    defaults = TrainConfig().model_dump(mode="json")
+    saved = {**saved, "train": {**{k: v for k, v in defaults.items() if k not in saved.get("train", {})},
+                                **saved.get("train", {})}}
     if finished and saved != now:
         diff = _config_diff(saved, now)
         raise UserError(f"{phase_dir} was trained with {diff}; a finished phase is reused only as it was "

@@ -12,14 +12,23 @@ Conventions, stated once:
 * Rank 0 alone writes (checkpoints, metrics, summaries, reports); the others wait at a barrier
   after each write, so a file rank 0 wrote is there when any rank reads it.
 
+* ``parallel: variants`` (coarse-to-fine) runs whole phases on single ranks instead: inside
+  :func:`alone` this rank sees a world of one (no collectives, it writes its own files), and
+  :func:`barrier_all` is the only meeting point of the ranks.
+
 Backends: ``nccl`` with CUDA, ``gloo`` on CPUs. One process (no ``WORLD_SIZE``) is the same code
-with W = 1, r = 0 and no collectives.
+with W = 1, r = 0 and no collectives. The process group's timeout (``MRES_DIST_TIMEOUT_S``, default
+24 h) only bounds how long a rank waits at a barrier for the others' phases; a rank that fails ends
+the job sooner (torchrun stops the other ranks).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -41,11 +50,12 @@ class World:
 
 
 _WORLD = World()
+_GROUP = World()  # the process group's world, also while a rank works alone
 
 
 def init_from_env() -> World:
     """Join the process group torchrun describes (``WORLD_SIZE`` > 1); otherwise one process."""
-    global _WORLD
+    global _WORLD, _GROUP
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1 or dist.is_initialized():
         return _WORLD
@@ -53,13 +63,30 @@ def init_from_env() -> World:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if backend == "nccl":
         torch.cuda.set_device(local)
-    dist.init_process_group(backend)
-    _WORLD = World(dist.get_rank(), dist.get_world_size(), local)
+    dist.init_process_group(backend, timeout=timedelta(seconds=float(os.environ.get("MRES_DIST_TIMEOUT_S", 86400))))
+    _WORLD = _GROUP = World(dist.get_rank(), dist.get_world_size(), local)
     return _WORLD
 
 
 def world() -> World:
     return _WORLD
+
+
+def group() -> World:
+    """Every rank of the job (the same as :func:`world` except inside :func:`alone`)."""
+    return _GROUP
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """This rank as a process of its own: training and evaluation use no collectives and it writes its
+    own files (``parallel: variants``: a phase runs on one rank, its device)."""
+    global _WORLD
+    saved, _WORLD = _WORLD, World(0, 1, _GROUP.local_rank)
+    try:
+        yield
+    finally:
+        _WORLD = saved
 
 
 def shard(n: int) -> slice:
@@ -83,6 +110,12 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 
 def barrier() -> None:
     if _WORLD.distributed:
+        dist.barrier()
+
+
+def barrier_all() -> None:
+    """Wait for every rank of the job, also from inside :func:`alone`."""
+    if _GROUP.distributed:
         dist.barrier()
 
 

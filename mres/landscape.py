@@ -246,10 +246,13 @@ class SurfaceEvaluator:
     def __init__(self, model: nn.Module, base: Mapping[str, torch.Tensor],
                  directions: Sequence[Mapping[str, torch.Tensor]], x: torch.Tensor, y: torch.Tensor,
                  *, method: str = "auto", chunk: int = 8, batch_size: int | None = None,
-                 warn: Callable[[str], None] | None = None):
+                 channels_last: bool = False, warn: Callable[[str], None] | None = None):
         if method not in ("auto", "vmap", "loop"):
             raise ValueError(f"method must be auto, vmap or loop, not {method!r}")
         self.model = model.eval()
+        if channels_last and x.dim() == 4:  # NHWC: the CPU's conv kernels keep their rate at larger grids
+            self.model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
         self.x, self.y = x, y
         self.moving = [k for k in base if any(bool(d[k].any()) for d in directions)]
         # own copies: the loop path writes into the model's tensors, which ``base`` may alias

@@ -132,6 +132,10 @@ class TrainConfig(Strict):
                                     "non-finite-loss flag (null: 1 on CPU, 50 on CUDA, where a read stalls the GPU)")
     stages: list["StageConfig"] | None = Field(
         None, description="train in stages (e.g. the classifier alone, then all); epochs: their sum")
+    sync_bn: bool = Field(False, description="under torchrun on GPUs: BN statistics over the global batch "
+                                             "(SyncBatchNorm); off: each rank normalises by its shard")
+    compile: bool = Field(False, description="torch.compile the training step's model (one graph per grid, "
+                                             "compiled before the epoch clock starts)")
 
     @model_validator(mode="after")
     def _stages_and_schedule(self) -> "TrainConfig":
@@ -287,6 +291,9 @@ class CoarseToFineRecipe(RecipeBase):
     eval_train: bool = Field(True, description="evaluate the whole training set after every epoch (monitoring)")
     trials: int = Field(1, ge=1)
     bn_recalibrate: bool = True
+    parallel: Literal["data", "variants"] = Field(
+        "data", description="under torchrun: data = each phase data-parallel over the ranks; variants = the "
+                            "trials' coarse phases, then the variants, dealt to the ranks (one device each)")
     analysis: AnalysisConfig = AnalysisConfig()
 
     def grid_resolutions(self) -> list[int]:

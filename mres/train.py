@@ -28,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .checkpoint import remove_stale_temps, save_checkpoint
 from .data import TensorData, iterate_batches, num_batches
-from .distributed import all_reduce_max, all_reduce_sum, barrier, shard, world
+from .distributed import all_reduce_max, all_reduce_sum, barrier, group, shard, world
 from .errors import DivergedError, Interrupted, UserError
 from .optim import CGSteihaug
 from .recipe import AugmentConfig, OptimizerConfig, ScheduleConfig, TrainConfig, TrainRecipe
@@ -40,8 +40,8 @@ console = Console(stderr=True)
 def select_device(name: str = "auto") -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and torch.cuda.is_available() and world().distributed:
-        return torch.device("cuda", world().local_rank)  # torchrun: one device per rank
+    if name == "cuda" and torch.cuda.is_available() and group().distributed:
+        return torch.device("cuda", group().local_rank)  # torchrun: one device per rank
     if name == "cuda" and not torch.cuda.is_available():
         from .errors import UserError
 
@@ -228,8 +228,15 @@ def fit(
         raise UserError("optimizer cg-steihaug does not run data-parallel (its CG solve and ratio test would need "
                         "every Hessian-vector product all-reduced): run it in one process")
     net = model  # what the step calls: DistributedDataParallel averages the gradients over ranks
+    if cfg.sync_bn and ranks.distributed:
+        if device.type != "cuda":
+            raise UserError("train.sync_bn needs CUDA devices (torch's SyncBatchNorm synchronises GPU tensors "
+                            "only); on CPUs set sync_bn: false: each rank then normalises by its shard")
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place, the same parameters and buffers
     if ranks.distributed:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net, dynamic=False)
     spe = num_batches(len(data.y_train), cfg.batch_size)
     plan = lr_plan or LRPlan.for_phase(cfg.schedule, spe, cfg.epochs)
     trust_region = isinstance(opt, CGSteihaug)  # its radius sets the step: no lr schedule
@@ -254,87 +261,127 @@ def fit(
     use_amp = cfg.amp and device.type == "cuda"
     check = cfg.check_every or (50 if device.type == "cuda" else 1)
     regularization = getattr(model, "regularization", None)
+    if cfg.compile:  # compile before the clock starts: the full batch's shard and the last, uneven one
+        _warm_compiled(net, model, data, cfg.batch_size, cfg.channels_last, use_amp)
     t_start = time.perf_counter()
 
     bar = _Progress(enabled=progress and ranks.main, label=label, epochs=cfg.epochs, steps=spe, start=start_epoch)
-    with bar:
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            model.train()
-            _frozen_norms_eval(model)
-            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-            correct = torch.zeros((), device=device, dtype=torch.int64)
-            seen = accepted = 0
-            first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-            for step, (xb, yb) in enumerate(iterate_batches(data.x_train, data.y_train, cfg.batch_size, gen,
-                                                            crop_padding=pad, flip=aug.flip)):
-                n_global = len(yb)
-                xb, yb = xb[shard(n_global)], yb[shard(n_global)]  # this rank's rows of the global batch
-                scale = len(yb) * ranks.size / n_global  # 1 in one process: DDP's mean is the global mean
-                if cfg.channels_last:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
+    try:
+        with bar:
+            for epoch in range(start_epoch, cfg.epochs):
+                t0 = time.perf_counter()
+                model.train()
+                _frozen_norms_eval(model)
+                loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+                correct = torch.zeros((), device=device, dtype=torch.int64)
+                seen = accepted = 0
+                first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+                for step, (xb, yb) in enumerate(iterate_batches(data.x_train, data.y_train, cfg.batch_size, gen,
+                                                                crop_padding=pad, flip=aug.flip)):
+                    n_global = len(yb)
+                    xb, yb = xb[shard(n_global)], yb[shard(n_global)]  # this rank's rows of the global batch
+                    scale = len(yb) * ranks.size / n_global  # 1 in one process: DDP's mean is the global mean
+                    if cfg.channels_last:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
 
-                def objective(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                    loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
-                    reg = regularization() if regularization is not None else None
-                    return loss, (loss if reg is None else loss + reg)
+                    def objective(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                        loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
+                        reg = regularization() if regularization is not None else None
+                        return loss, (loss if reg is None else loss + reg)
 
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    out = net(xb)
-                    loss, total = objective(out)
-                # the first non-finite step, kept on the device; the host reads it every `check` steps
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(total.detach()), step, first_bad)
-                if (step + 1) % check == 0:
-                    _stop_if_diverged(first_bad, label, epoch, ckpt_path, metrics)
-                if trust_region:  # one trust-region step on this batch, its ratio test on this batch too
-                    opt.step(lambda: objective(model(xb))[1], loss=total)
-                    accepted += int(opt.last["accepted"])
-                else:
-                    lr_used = opt.param_groups[0]["lr"]
-                    opt.zero_grad(set_to_none=True)
-                    (total if scale == 1.0 else total * scale).backward()
-                    if cfg.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    opt.step()
-                    sched.step()
-                loss_sum += loss.detach().double() * len(yb)
-                correct += (out.detach().argmax(1) == yb).sum()
-                seen += len(yb)
-                bar.step()
-            _stop_if_diverged(first_bad, label, epoch, ckpt_path, metrics)  # the epoch's last read of the flag
-            seen_t = all_reduce_sum(torch.tensor(seen, device=device, dtype=torch.float64))
-            all_reduce_sum(loss_sum), all_reduce_sum(correct)
-            seen = int(seen_t)
-            if device.type == "cuda":  # queued kernels belong to this epoch's training time
-                torch.cuda.synchronize(device)
-            train_seconds = time.perf_counter() - t0
-            test_loss, test_acc = evaluate(model, data.x_test, data.y_test, cfg.eval_batch_size, cfg.channels_last)
-            row = {"epoch": epoch + 1, "lr": None if trust_region else lr_used,  # the epoch's last step's
-                   "train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen,
-                   "test_loss": test_loss, "test_acc": test_acc}
-            if trust_region:
-                row["radius"], row["accepted_steps"] = opt.param_groups[0]["radius"], accepted / max(1, step + 1)
-            if eval_train:
-                row["train_eval_loss"], row["train_eval_acc"] = evaluate(
-                    model, data.x_train, data.y_train, cfg.eval_batch_size, cfg.channels_last)
-            row["seconds"] = time.perf_counter() - t0
-            row["train_seconds"] = train_seconds
-            metrics.append(row)
-            bad = _nonfinite(model, row)
-            if metrics_path is not None and ranks.main:
-                write_metrics(metrics_path, metrics)
-            if bad:  # e.g. the last step of the epoch blew the weights up: keep the last good checkpoint
-                raise DivergedError(f"{label}: non-finite {', '.join(bad)} after epoch {epoch + 1}; {_kept(ckpt_path)}",
-                                    epoch + 1, seen // cfg.batch_size, metrics)
-            if ckpt_path is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
-                save_checkpoint_main(ckpt_path, {
-                    **(extra or {}), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict() if sched is not None else {}, "epoch": epoch + 1, "rng": _get_rng(gen),
-                    "metrics": metrics, "seconds_so_far": prior_seconds + time.perf_counter() - t_start})
-            bar.epoch_done(row)
-            if on_epoch is not None:
-                on_epoch(row)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                        out = net(xb)
+                        loss, total = objective(out)
+                    # the first non-finite step, kept on the device; the host reads it every `check` steps
+                    first_bad = torch.where((first_bad < 0) & ~torch.isfinite(total.detach()), step, first_bad)
+                    if (step + 1) % check == 0:
+                        _stop_if_diverged(first_bad, label, epoch, ckpt_path, metrics)
+                    if trust_region:  # one trust-region step on this batch, its ratio test on this batch too
+                        opt.step(lambda: objective(model(xb))[1], loss=total)
+                        accepted += int(opt.last["accepted"])
+                    else:
+                        lr_used = opt.param_groups[0]["lr"]
+                        opt.zero_grad(set_to_none=True)
+                        (total if scale == 1.0 else total * scale).backward()
+                        if cfg.grad_clip is not None:
+                            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                        opt.step()
+                        sched.step()
+                    loss_sum += loss.detach().double() * len(yb)
+                    correct += (out.detach().argmax(1) == yb).sum()
+                    seen += len(yb)
+                    bar.step()
+                _stop_if_diverged(first_bad, label, epoch, ckpt_path, metrics)  # the epoch's last read of the flag
+                seen_t = all_reduce_sum(torch.tensor(seen, device=device, dtype=torch.float64))
+                all_reduce_sum(loss_sum), all_reduce_sum(correct)
+                seen = int(seen_t)
+                if device.type == "cuda":  # queued kernels belong to this epoch's training time
+                    torch.cuda.synchronize(device)
+                train_seconds = time.perf_counter() - t0
+                test_loss, test_acc = evaluate(model, data.x_test, data.y_test, cfg.eval_batch_size, cfg.channels_last)
+                row = {"epoch": epoch + 1, "lr": None if trust_region else lr_used,  # the epoch's last step's
+                       "train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen,
+                       "test_loss": test_loss, "test_acc": test_acc}
+                if trust_region:
+                    row["radius"], row["accepted_steps"] = opt.param_groups[0]["radius"], accepted / max(1, step + 1)
+                if eval_train:
+                    row["train_eval_loss"], row["train_eval_acc"] = evaluate(
+                        model, data.x_train, data.y_train, cfg.eval_batch_size, cfg.channels_last)
+                row["seconds"] = time.perf_counter() - t0
+                row["train_seconds"] = train_seconds
+                metrics.append(row)
+                bad = _nonfinite(model, row)
+                if metrics_path is not None and ranks.main:
+                    write_metrics(metrics_path, metrics)
+                if bad:  # e.g. the last step of the epoch blew the weights up: keep the last good checkpoint
+                    raise DivergedError(f"{label}: non-finite {', '.join(bad)} after epoch {epoch + 1}; {_kept(ckpt_path)}",
+                                        epoch + 1, seen // cfg.batch_size, metrics)
+                if ckpt_path is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
+                    save_checkpoint_main(ckpt_path, {
+                        **(extra or {}), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict() if sched is not None else {}, "epoch": epoch + 1, "rng": _get_rng(gen),
+                        "metrics": metrics, "seconds_so_far": prior_seconds + time.perf_counter() - t_start})
+                bar.epoch_done(row)
+                if on_epoch is not None:
+                    on_epoch(row)
+    finally:
+        plain_batchnorm(model)
     return metrics
+
+
+def plain_batchnorm(model: nn.Module) -> None:
+    """Undo ``convert_sync_batchnorm`` in place (the same parameters and buffers), so checkpoints, transfer
+    rules and evaluation see the model's own BatchNorm2d layers."""
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.SyncBatchNorm):
+                bn = torch.nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                          child.track_running_stats, device=child.running_mean.device
+                                          if child.running_mean is not None else None)
+                if child.affine:
+                    bn.weight, bn.bias = child.weight, child.bias
+                if child.track_running_stats:
+                    bn.running_mean, bn.running_var = child.running_mean, child.running_var
+                    bn.num_batches_tracked = child.num_batches_tracked
+                bn.train(child.training)
+                setattr(parent, name, bn)
+
+
+def _warm_compiled(net: nn.Module, model: nn.Module, data: TensorData, batch_size: int, channels_last: bool,
+                   use_amp: bool) -> None:
+    """Run the compiled forward and backward once per batch shape of an epoch; no update, and the BN
+    statistics the warm-up touched are put back."""
+    n = len(data.y_train)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    device = data.x_train.device
+    for rows in dict.fromkeys([min(batch_size, n), n % batch_size or min(batch_size, n)]):
+        xb = data.x_train[:rows][shard(rows)]
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            net(xb).float().sum().backward()
+    model.zero_grad(set_to_none=True)
+    model.load_state_dict(saved)
 
 
 def save_checkpoint_main(path: Path, state: dict[str, Any]) -> None:

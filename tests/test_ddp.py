@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from mres.checkpoint import load_checkpoint
 
@@ -140,3 +141,63 @@ fine: {epochs: 1, batch_size: 32, deterministic: true, channels_last: false}
     for label in a:
         assert a[label]["acc_final"] == pytest.approx(b[label]["acc_final"], abs=1e-6)
         assert a[label]["acc_at_transfer"] == pytest.approx(b[label]["acc_at_transfer"], abs=1e-6)
+
+
+def test_parallel_variants_deals_the_variants_to_the_ranks_and_matches_one_process(tmp_path):
+    recipe = tmp_path / "c2f.yaml"
+    recipe.write_text("""
+dataset: {name: synthetic, synthetic: {n_train: 128, n_test: 64, size: 16}}
+model: {name: cnn, width1: 4, width2: 8}
+resolutions: [8, 16]
+strategies: [fresh, transfer, galerkin]
+threads: 1
+coarse: {epochs: 1, batch_size: 32, deterministic: true, channels_last: false}
+fine: {epochs: 2, batch_size: 32, deterministic: true, channels_last: false}
+""")
+    one = _single("coarse-to-fine", "--recipe", str(recipe), "--out", str(tmp_path / "one"), "--quiet")
+    assert one.returncode == 0, one.stderr
+    two = _ddp("coarse-to-fine", "--recipe", str(recipe), "--out", str(tmp_path / "two"), "--quiet",
+               "--set", "parallel=variants")
+    assert two.returncode == 0, two.stderr
+    assert "3 variant runs over 2 ranks" in two.stdout + two.stderr
+    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*"))  # noqa: E731
+    assert files(tmp_path / "two") == files(tmp_path / "one")  # the same layout: report, figures, phases
+    trained = {json.loads(p.read_text())["trained_by"]["rank"] for p in (tmp_path / "two").glob("trial0/*/fine-16/result.json")}
+    assert trained == {0, 1}  # both ranks trained variants, each alone
+    assert all(json.loads(p.read_text())["trained_by"]["ranks"] == 1 for p in (tmp_path / "two").rglob("result.json"))
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text())["strategies"] for d in ("one", "two"))
+    assert set(a) == set(b)
+    for label in a:  # a variant trained alone on a rank is the one-process run
+        assert a[label]["acc_final"] == pytest.approx(b[label]["acc_final"], abs=1e-6)
+        assert a[label]["acc_at_transfer"] == pytest.approx(b[label]["acc_at_transfer"], abs=1e-6)
+    heads = lambda d: [line for line in (tmp_path / d / "report.md").read_text().splitlines() if line.startswith("#")]  # noqa: E731
+    assert heads("two") == heads("one")
+
+
+def test_bn_recalibration_after_a_transfer_gives_one_process_statistics_and_sync_bn_needs_cuda(tmp_path):
+    # a coarse lr of 1e-12 keeps the initial weights (per-shard BN would otherwise make the coarse phases
+    # differ): both runs transfer the same weights, so only the recalibration is compared
+    recipe = tmp_path / "bn.yaml"
+    recipe.write_text("""
+dataset: {name: synthetic, synthetic: {n_train: 200, n_test: 40, size: 16}}
+model: {name: "mgnet[1,1]-[4]-Bl"}
+resolutions: [8, 16]
+strategies: [galerkin]
+threads: 1
+coarse: {epochs: 1, batch_size: 32, deterministic: true, channels_last: false,
+         optimizer: {name: sgd, lr: 1.0e-12, momentum: 0.0, weight_decay: 0.0}}
+fine: {epochs: 1, batch_size: 32, deterministic: true, channels_last: false}
+""")
+    one = _single("coarse-to-fine", "--recipe", str(recipe), "--out", str(tmp_path / "one"), "--quiet")
+    assert one.returncode == 0, one.stderr
+    two = _ddp("coarse-to-fine", "--recipe", str(recipe), "--out", str(tmp_path / "two"), "--quiet")
+    assert two.returncode == 0, two.stderr
+    a, b = (load_checkpoint(tmp_path / d / "trial0" / "galerkin" / "fine-16" / "checkpoints" / "start.pt")["model"]
+            for d in ("one", "two"))
+    stats = [k for k in a if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in stats)
+    assert any(float(a[k].abs().max()) > 0 for k in stats if k.endswith("running_mean"))  # recalibrated, not reset
+    refused = _ddp("coarse-to-fine", "--recipe", str(recipe), "--out", str(tmp_path / "sync"), "--quiet",
+                   "--set", "fine.sync_bn=true")
+    assert refused.returncode != 0
+    assert "rank 0: error: train.sync_bn needs CUDA devices" in refused.stderr

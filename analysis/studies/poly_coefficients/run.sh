@@ -6,6 +6,7 @@
 #   eq23     Table 1 eq. 23: σ on u once per level, no BN
 #   eq24     Table 1 eq. 24: σ on r, no BN
 #   eq23+24  eqs. 23 + 24
+# THREADS=1 runs with one CPU thread (two rows side by side on a 2-core machine).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 MRES=${MRES:-.venv/bin/mres}
@@ -20,6 +21,9 @@ for row in $rows; do
     *) echo "unknown row $row" >&2; exit 2;;
   esac
   out=runs/poly_coefficients/$row
-  if [ -f "$out/recipe.yaml" ]; then $MRES coarse-to-fine --resume "$out"
-  else $MRES coarse-to-fine --recipe recipes/c2f_poly_coefficients.yaml --out "$out" "${set_[@]}"; fi
+  extra=(); [ -n "${THREADS:-}" ] && extra=(--set "threads=$THREADS")
+  if [ -f "$out/recipe.yaml" ]; then $MRES coarse-to-fine --resume "$out" "${extra[@]}"
+  else $MRES coarse-to-fine --recipe recipes/c2f_poly_coefficients.yaml --out "$out" "${set_[@]}" "${extra[@]}"; fi
+  mkdir -p "analysis/studies/poly_coefficients/$row"  # runs/ is not committed: keep what the tables need
+  cp "$out/summary.json" "$out/report.md" "analysis/studies/poly_coefficients/$row/"
 done

@@ -1,8 +1,9 @@
 """Thesis Tables 4.1–4.4 beside ours: each cell mean ± std over the trials finished so far, and the
 ordering verdicts (paired tests from mres.stats; Welch's t-test between tables of different models).
 
-Reads the run directories of run.sh (``runs/thesis_tables/table4N/trial*/<variant>/fine-28/result.json``),
-so a study still running is summarised as far as it got.  Writes tables.md and tables.json here.
+Reads the run directories of run.sh (``runs/thesis_tables/table4N[_*]/trial*/<variant>/fine-28/result.json``),
+so a study still running is summarised as far as it got; a table with no run directory here is taken from the
+committed tables.json (its per-trial cells), so runs of earlier sessions count.  Writes tables.md and tables.json here.
 
     .venv/bin/python analysis/studies/thesis_tables/compare.py [--runs runs/thesis_tables]
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from scipy import stats as sps
 
 from mres.stats import paired_test
@@ -57,23 +59,38 @@ def cells_of(metrics: list[dict[str, Any]], staged: bool) -> list[float | None]:
     return out
 
 
-def load_table(run: Path, table: str) -> dict[str, Any]:
-    """Per strategy, per finished trial: the cells, by trial index (a trial counts once its fine phase ended)."""
+def load_table(runs: Path, table: str, recorded: dict[str, Any]) -> dict[str, Any]:
+    """Per strategy, per finished trial: the cells, by trial index (a trial counts once its fine phase ended).
+
+    Reads every run directory of the table (``table4N`` and ``table4N_*``: a run started with ``--set seed=S``
+    holds trial S/1000 + k as its trial k, since a trial's seed is seed + 1000·trial); trials found in no run
+    directory are taken from ``recorded`` (the committed tables.json), so a finished trial is never lost with
+    its run directory (runs/ is not committed)."""
     out: dict[str, Any] = {s: {} for s in ROWS}
     wall = 0.0
-    for tdir in sorted(run.glob("trial*"), key=lambda p: int(p.name[5:])):
-        k = int(tdir.name[5:])
-        coarse = tdir / "coarse-14" / "result.json"
-        if coarse.exists():
-            wall += json.loads(coarse.read_text())["seconds"]
+    seen: set[int] = set()
+    for run in sorted(runs.glob(f"table{table}")) + sorted(runs.glob(f"table{table}_*")):
+        if not (run / "recipe.yaml").exists():
+            continue
+        base = int(yaml.safe_load((run / "recipe.yaml").read_text()).get("seed", 0)) // 1000
+        for tdir in sorted(run.glob("trial*"), key=lambda p: int(p.name[5:])):
+            k = base + int(tdir.name[5:])
+            coarse = tdir / "coarse-14" / "result.json"
+            if coarse.exists():
+                wall += json.loads(coarse.read_text())["seconds"]
+            for s in ROWS:
+                res = tdir / s / "fine-28" / "result.json"
+                if res.exists():
+                    r = json.loads(res.read_text())
+                    wall += r["seconds"]
+                    seen.add(k)
+                    if not r.get("diverged"):
+                        out[s][k] = cells_of(r["metrics"], staged=table in ("43", "44"))
+    if recorded and not seen:  # no run directory here: the record of an earlier session
         for s in ROWS:
-            res = tdir / s / "fine-28" / "result.json"
-            if res.exists():
-                r = json.loads(res.read_text())
-                wall += r["seconds"]
-                if not r.get("diverged"):
-                    out[s][k] = cells_of(r["metrics"], staged=table in ("43", "44"))
-    return {"cells": out, "seconds": wall}
+            out[s] = {int(k): v for k, v in recorded["cells"][s].items()}
+        wall = recorded["seconds"]
+    return {"cells": out, "seconds": wall, "from_record": bool(recorded) and not seen}
 
 
 def ms(values: list[float | None]) -> str:
@@ -134,7 +151,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, default=HERE.parents[2] / "runs" / "thesis_tables")
     args = ap.parse_args()
-    data = {t: load_table(args.runs / f"table{t}", t) for t in THESIS if (args.runs / f"table{t}").exists()}
+    record = json.loads((HERE / "tables.json").read_text()) if (HERE / "tables.json").exists() else {}
+    data = {t: load_table(args.runs, t, record.get(t, {})) for t in THESIS}
+    data = {t: d for t, d in data.items() if any(d["cells"].values())}
     md = ["# Thesis Tables 4.1–4.4: the thesis (MNIST) beside mres (Fashion-MNIST), the protocol as written", "",
           "Cells: accuracy in %, mean ± std over the finished trials; the thesis's printed value after the slash. "
           "The thesis ran MNIST; these runs are Fashion-MNIST (no MNIST here), so levels differ and orderings are "
@@ -144,7 +163,8 @@ def main() -> None:
     for t, d in data.items():
         cells = d["cells"]
         n = max((len(v) for v in cells.values()), default=0)
-        md += [f"## {TITLES[t]}", "", f"{n} trial(s) finished; {d['seconds'] / 60:.0f} min of phase wall-clock.", "",
+        md += [f"## {TITLES[t]}", "", f"{n} trial(s) finished; {d['seconds'] / 60:.0f} min of phase wall-clock"
+               + (" (from the committed record: its run directories are not on this machine)." if d["from_record"] else "."), "",
                "| | " + " | ".join(COLUMNS[t]) + " |", "|---" * (len(COLUMNS[t]) + 1) + "|"]
         for s, label in ROWS.items():
             row = [f"{ms(list(column(cells[s], c).values()))} / {THESIS[t][s][c]:.1f}" for c in range(len(COLUMNS[t]))]
