@@ -242,11 +242,37 @@ def transfer_like_weights(src: nn.Module, dst: nn.Module, tensors: dict[str, tor
     return {name: p.detach().clone() for name, p in d.named_parameters() if name in tensors}
 
 
+def move_tensors(src: nn.Module, dst: nn.Module, tensors: dict[str, torch.Tensor], strategy: str,
+                 family: str = "average-bilinear", lam: float = 0.0,
+                 direction: str = "prolongate") -> dict[str, torch.Tensor]:
+    """The per-tensor rules of this module as a differentiable function: ``tensors`` (parameter name →
+    a tensor shaped like ``src``'s parameter) → the moved tensors, shaped like ``dst``'s, in the
+    tensors' dtype, with autograd through every rule (so vjp gives each map's adjoint). Parameters
+    only; polynomial coefficients are kept (the per-tensor rule), ``fresh`` and ``dilate`` are refused."""
+    if strategy not in ("transfer", "galerkin", "galerkin-reg"):
+        raise ValueError(f"move_tensors needs a linear strategy (transfer, galerkin, galerkin-reg), not {strategy!r}")
+    mover = _Mover(strategy, get_family(family).name, lam, direction, "keep", keep_graph=True)
+    src_mods, dst_mods = dict(src.named_modules()), dict(dst.named_modules())
+    out: dict[str, torch.Tensor] = {}
+    with warnings.catch_warnings():  # the rules warn per call; a cycle calls them every time
+        warnings.simplefilter("ignore")
+        for mod_name, s_mod in src_mods.items():
+            for local, d_t in dst_mods[mod_name].named_parameters(recurse=False):
+                full = f"{mod_name}.{local}" if mod_name else local
+                if full in tensors:
+                    new, _, _ = mover.plan(full, s_mod, dst_mods[mod_name], local, tensors[full], d_t)
+                    out[full] = new.to(tensors[full].dtype)
+    return out
+
+
 class _Mover:
     """The per-tensor rules of the module docstring for one transfer."""
 
-    def __init__(self, strategy: str, family: str, lam: float, direction: str, coefficient_policy: str):
+    def __init__(self, strategy: str, family: str, lam: float, direction: str, coefficient_policy: str,
+                 keep_graph: bool = False):
         self.strategy = strategy
+        # keep_graph: the rules as differentiable functions of the source tensors (mres.multilevel)
+        self._src: Callable[[torch.Tensor], torch.Tensor] = (lambda t: t) if keep_graph else (lambda t: t.detach())
         self.family = family
         self.lam = lam
         self.direction = direction
@@ -277,7 +303,7 @@ class _Mover:
         if s_t.shape != d_t.shape:
             raise ValueError(f"cannot move {full!r}: shape {tuple(s_t.shape)} vs {tuple(d_t.shape)} "
                              "and no grid rule applies to it")
-        return s_t.detach()
+        return self._src(s_t)
 
     def _coefficient(self, full: str, s_t: torch.Tensor, d_t: torch.Tensor) -> torch.Tensor | None:
         # Every policy starts from a copy: 'rescale' and 'respectral' need the spectra of the A's the
@@ -300,26 +326,26 @@ class _Mover:
         if s_t.shape != d_t.shape:
             raise ValueError(f"cannot move {full!r}: conv weight shape {tuple(s_t.shape)} vs {tuple(d_t.shape)}")
         if (kh, kw) == (1, 1):
-            return s_t.detach(), "conv1x1", False
+            return self._src(s_t), "conv1x1", False
         sh, sw = s_mod.stride
         kind = f"conv{kh}x{kw}" + ("" if (sh, sw) == (1, 1) else f"-s{sh}" if sh == sw else f"-s{sh}x{sw}")
         if kh != kw or kh % 2 == 0 or s_mod.dilation != (1, 1) or sh != sw or sh not in (1, 2):
             warnings.warn(f"{full}: no grid rule for a {kh}×{kw} conv with stride {s_mod.stride} and "
                           f"dilation {s_mod.dilation}; copied as is", stacklevel=4)
-            return s_t.detach(), kind + "-copied", False
+            return self._src(s_t), kind + "-copied", False
         stride = map_stride(sh, self.family, kh)
         if sh == 2 and stride == 1:
             kind += "-approx"  # no exact stride-2 map for this family: the stride-1 map, an approximation
         if self.strategy == "fresh":
             return None, kind, True
         if self.strategy == "transfer":
-            return s_t.detach(), kind, True
+            return self._src(s_t), kind, True
         if self.strategy == "dilate":
             self._check_dilatable(full, s_mod)
             self.module_edits.append(lambda: self._dilate(d_mod))
-            return s_t.detach(), kind + "-dilated", False
+            return self._src(s_t), kind + "-dilated", False
         if self.direction == "restrict":  # θ_2h = M θ_h is exact for every kernel size here
-            return restrict_stencils(s_t.detach(), self.family, stride), kind, True
+            return restrict_stencils(self._src(s_t), self.family, stride), kind, True
         lam = self.lam if self.strategy == "galerkin-reg" or kh > 3 or stride == 2 else 0.0
         if kh > 3 or stride == 2:
             warnings.warn(f"{full}: {kh}×{kw}{' stride-2' * (stride == 2)} kernel — its Galerkin map is "
@@ -327,7 +353,7 @@ class _Mover:
                           f"with lam={lam}", stacklevel=4)
         with warnings.catch_warnings():  # already warned above, with the layer's name
             warnings.simplefilter("ignore")
-            return prolongate_stencils(s_t.detach(), self.family, lam=lam, stride=stride), kind, True
+            return prolongate_stencils(self._src(s_t), self.family, lam=lam, stride=stride), kind, True
 
     def _conv_transpose(self, full: str, s_mod: nn.ConvTranspose2d, s_t: torch.Tensor,
                         d_t: torch.Tensor) -> tuple[torch.Tensor | None, str, bool]:
@@ -340,19 +366,19 @@ class _Mover:
                 or s_mod.dilation != (1, 1) or s_mod.groups != 1:
             warnings.warn(f"{full}: no grid rule for a transposed conv with stride {s_mod.stride}, kernel "
                           f"{s_mod.kernel_size}, padding {s_mod.padding}; copied as is", stacklevel=4)
-            return s_t.detach(), f"convT{k}x{k}-copied", False
+            return self._src(s_t), f"convT{k}x{k}-copied", False
         if not transposed_stencil_map_is_exact(self.family, k, pad):
             kind += "-approx"  # R·T·P is wider than k×k: the map truncates it
         if self.strategy == "fresh":
             return None, kind, True
         if self.strategy in ("transfer", "dilate"):
-            return s_t.detach(), kind, True
+            return self._src(s_t), kind, True
         if self.direction == "restrict":
-            return restrict_transposed(s_t.detach(), self.family, pad), kind, True
+            return restrict_transposed(self._src(s_t), self.family, pad), kind, True
         lam = self.lam if self.strategy == "galerkin-reg" else 0.0
         warnings.warn(f"{full}: {k}×{k} stride-2 transposed conv — its Galerkin map is singular; least squares "
                       f"with lam={lam}", stacklevel=4)
-        return prolongate_transposed(s_t.detach(), self.family, pad, lam), kind, True
+        return prolongate_transposed(self._src(s_t), self.family, pad, lam), kind, True
 
     @staticmethod
     def _check_dilatable(full: str, s_mod: nn.Conv2d) -> None:
@@ -382,7 +408,7 @@ class _Mover:
                              f"expected {expect}")
         if self.strategy == "fresh":
             return None
-        images = s_t.detach().reshape(s_t.shape[0], c_s, h_s, w_s)
+        images = self._src(s_t).reshape(s_t.shape[0], c_s, h_s, w_s)
         if self.strategy in ("galerkin", "galerkin-reg"):
             # the dual pair (Pᵀ, P(PᵀP)⁻¹): restrict∘prolongate = I, logits exact on P-range features
             moved = (prolongate_dual_images(images, self.family) if self.direction == "prolongate"
