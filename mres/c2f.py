@@ -26,6 +26,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -459,7 +460,36 @@ class CoarseToFine:
             if result.get("diverged"):
                 out["diverged"] = {"phase": f"fine-{res}", **result["diverged"]}
                 break
+        if out["diverged"] is None and len(phases) > 1:
+            self._restricted(vdir, model, phases, seed)
         return out
+
+    def _restricted(self, vdir: Path, model: nn.Module, phases: list[Phase], seed: int) -> None:
+        """Fine → coarse (thesis future work: cheap low-resolution inference): the variant's final model
+        restricted to every coarser grid — by the Galerkin map (θ_2h = M θ_h, heads Pᵀ) and by copying
+        (mres's ``transfer`` rule) — and evaluated on the test images restricted there
+        (``restricted.json``; monitoring, not counted). BN statistics are recalibrated at each grid when
+        the recipe recalibrates after transfers."""
+        path = vdir / "restricted.json"
+        if path.exists():
+            return
+        r = self.recipe
+        rows = []
+        for rule in ("galerkin", "transfer"):
+            src = model
+            for p in reversed(phases[:-1]):  # one grid down at a time: 28 → 14 → 7
+                dst = self._build(p.resolution, seed + 1)
+                with warnings.catch_warnings():  # the rules' warnings were shown at the transfers
+                    warnings.simplefilter("ignore")
+                    transfer_weights(src, dst, rule, r.family, 0.0, "restrict")
+                data = self._phase_data(p.resolution, r.fine_subset, seed + 7)
+                if r.bn_recalibrate:
+                    g = torch.Generator().manual_seed(seed)
+                    recalibrate_bn(dst, (xb for xb, _ in iterate_batches(data.x_train, data.y_train, 256, g)))
+                loss, acc = evaluate(dst, data.x_test, data.y_test)
+                rows.append({"rule": rule, "resolution": p.resolution, "test_loss": loss, "test_acc": acc})
+                src = dst
+        _write_json(path, rows)
 
     @staticmethod
     def _sensitivity(phase_dir: Path, model: nn.Module, data: TensorData, result: dict[str, Any]) -> None:

@@ -113,3 +113,36 @@ def test_cli_transfer_roundtrip_restores_stencils(mres_cli, tmp_path):
                                  ("--lam", "-1", ">= 0"), ("--coefficient-policy", "bogus", "respectral")):
         bad = mres_cli("transfer", str(ck), "--to", "fine", flag, value, "--out", str(tmp_path / "x.pt"))
         assert bad.returncode == 2 and allowed in bad.stderr and flag in bad.stderr and "Traceback" not in bad.stderr, flag
+
+
+def test_every_variant_is_restricted_to_the_coarser_grids_and_evaluated_there(tmp_path):
+    from mres.checkpoint import load_checkpoint
+    from mres.data import load_dataset
+    from mres.grids import restrict_dual_images, restrict_stencils
+    from mres.models import build_model
+    from mres.train import evaluate
+
+    rec = tiny_recipe(trials=1, strategies=["fresh", "galerkin"], model={"name": "cnn", "width1": 4, "width2": 8,
+                                                                         "pool": False})
+    run_coarse_to_fine(rec, tmp_path, progress=False)
+    rows = json.loads((tmp_path / "trial0" / "galerkin" / "restricted.json").read_text())
+    assert {(r["rule"], r["resolution"]) for r in rows} == {("galerkin", 8), ("transfer", 8)}
+    # independently: the fine checkpoint's tensors restricted by hand (M θ for the stencils, Pᵀ for the head)
+    fine = load_checkpoint(tmp_path / "trial0" / "galerkin" / "fine-16" / "checkpoints" / "last.pt")["model"]
+    data = load_dataset(rec.dataset)
+    coarse_data = data.subset(rec.fine_subset, None, seed=rec.seed + 7).at_resolution(8, rec.family)
+    model = build_model("cnn", rec.model.options(), data.in_channels, data.num_classes, 8)
+    state = {}
+    for k, v in fine.items():
+        if v.dim() == 4 and v.shape[-1] == 3:
+            state[k] = restrict_stencils(v, rec.family)
+        elif k.endswith("weight") and v.dim() == 2:
+            c, h, w = model.classifier.grid
+            state[k] = restrict_dual_images(v.reshape(v.shape[0], c, 2 * h, 2 * w), rec.family).reshape(v.shape[0], -1)
+        else:
+            state[k] = v
+    model.load_state_dict(state)
+    _, acc = evaluate(model, coarse_data.x_test, coarse_data.y_test)
+    assert next(r for r in rows if r["rule"] == "galerkin")["test_acc"] == pytest.approx(acc, abs=1e-9)
+    md = (tmp_path / "report.md").read_text()
+    assert "Accuracy at each grid after restriction" in md and "8×8 galerkin" in md
