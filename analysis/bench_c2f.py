@@ -103,8 +103,18 @@ def sweep(args: argparse.Namespace) -> list[Point]:
         add(f"cascade-phase-{'-'.join(map(str, eg))}", f"{coarser}→{coarse}→{fine} phase-scope {eg}",
             resolutions=[coarser, coarse, fine], epochs_per_grid=eg, schedule_scope="phase",
             fine={"optimizer": {**OPT, "lr": 0.02}})
-    # spread each group evenly over the run (by fractional position), so a drift hits both fronts alike
-    keyed = [((i + 0.5) / len(group), g, p) for g, group in enumerate((fo, c2f)) for i, p in enumerate(group)]
+    # MG/OPT (mres/multilevel.py): the one-shot run-scope schedule plus coarse corrections in the fine phase
+    mg: list[Point] = []
+    for ce, fe in ([(8, 1)] if quick else [(4, 1), (8, 1), (8, 2)]):
+        for every in ([50] if quick else [20, 80]):
+            mg.append(Point(f"mgopt-c{ce}-f{fe}-e{every}", "mgopt",
+                            {"resolutions": [coarse, fine], "strategies": ["mgopt"], "epochs_per_grid": [ce, fe],
+                             "schedule_scope": "run", "multilevel": {"every": every, "tau_batch": 512}},
+                            f"{coarse}→{fine} run-scope c{ce}+f{fe} + MG/OPT correction every {every} steps"))
+    if args.no_multilevel:
+        mg = []
+    # spread each group evenly over the run (by fractional position), so a drift hits every front alike
+    keyed = [((i + 0.5) / len(group), g, p) for g, group in enumerate((fo, c2f, mg)) for i, p in enumerate(group)]
     out = [p for _, _, p in sorted(keyed, key=lambda t: (t[0], t[1]))]
     if args.points:
         wanted = set(args.points)
@@ -218,6 +228,7 @@ def main() -> None:
     ap.add_argument("--family", default="average-bilinear")
     ap.add_argument("--pool", action="store_true", help="the thesis CNN with its 2×2 average pool")
     ap.add_argument("--trials", type=int, default=1)
+    ap.add_argument("--no-multilevel", action="store_true", help="leave out the MG/OPT points")
     ap.add_argument("--quick", action="store_true", help="a smaller sweep on fewer examples, for a first look")
     ap.add_argument("--points", type=lambda t: t.split(","), default=None, help="only these points (names)")
     ap.add_argument("--out", type=Path, default=None, help="keep the runs here (resumable); default: a temp dir")
@@ -284,6 +295,16 @@ def report(points: list[Point], args: argparse.Namespace, root: Path, session: s
                  if h.get("ratio") else "")
         print(f"\nheadline: coarse-to-fine never reached the fine-only's best accuracy {h['accuracy'] * 100:.2f} % "
               f"(its best: {h['candidate_best'] * 100:.2f} %){extra} (goal <= 0.5)")
+    mg = [(r["seconds"], r["acc"]) for p, r in rows if p.front == "mgopt"]
+    if mg and c_front:  # multigrid training against the best one-shot schedules (the c2f front)
+        print(f"\nMG/OPT points against the one-shot coarse-to-fine front (T interpolated along it):")
+        for m in tta.matched_ratios(mg, c_front):
+            print(f"  a = {m['accuracy'] * 100:.2f} %: T_mgopt {m['seconds']:.0f} s, T_one-shot(a) "
+                  f"{m['reference_seconds']:.0f} s, ratio {m['ratio']:.3f}")
+        hm = tta.headline(mg, c2f)
+        if hm.get("ratio"):
+            print(f"  at the one-shot front's best accuracy: ratio {hm['ratio']:.3f}"
+                  + ("" if hm["reached"] else " (MG/OPT did not reach it: at its own best)"))
     if best_c2f:
         p = best_c2f[2]
         print(f"best coarse-to-fine point: {p.name} ({p.what}): {best_c2f[0] * 100:.2f} % in {best_c2f[1]:.0f} s")
@@ -303,7 +324,7 @@ def report(points: list[Point], args: argparse.Namespace, root: Path, session: s
     print(f"figure: {png}" if f_front and c_front else "no figure: a front is empty")
 
 
-GROUPS = (("fo-", "fine-only", "tab:blue", "o"), ("cascade-phase", "cascade, phase scope", "tab:cyan", "h"), ("phase-warm", "phase + warm-up", "tab:brown", "P"),
+GROUPS = (("fo-", "fine-only", "tab:blue", "o"), ("mgopt", "MG/OPT (run + corrections)", "tab:gray", "p"), ("cascade-phase", "cascade, phase scope", "tab:cyan", "h"), ("phase-warm", "phase + warm-up", "tab:brown", "P"),
           ("phase-", "phase scope", "tab:orange", "s"), ("run-carry", "run + momentum", "tab:red", "v"),
           ("run-bs", "run + batch scaling", "tab:purple", "D"), ("run-warm", "run + warm-up", "tab:olive", "X"),
           ("run-", "run scope", "tab:green", "^"), ("cascade", "cascade 7→14→28", "tab:pink", "*"))

@@ -47,6 +47,7 @@ from .train import (LRPlan, configure_runtime, console, evaluate, fit, json_safe
 from .transfer import function_preservation, level_spectra, recalibrate_bn, transfer_like_weights, transfer_weights
 
 BASELINES = ("fresh", "fine-only")  # trained at the finest grid only, without the coarse model
+START = {"mgopt": "transfer"}  # variants that start as another strategy's transfer, then train differently
 COLLAPSE_DROP = 0.20  # final test accuracy this far below the accuracy at transfer: collapsed
 COLLAPSE_MARGIN = 0.05  # ... or within this of chance
 
@@ -193,7 +194,7 @@ class CoarseToFine:
     def _train_phase(self, phase_dir: Path, model: nn.Module, data: TensorData, cfg: TrainConfig, seed: int,
                      label: str, resolution: int, plan: LRPlan | None = None,
                      momentum: dict[str, torch.Tensor] | None = None,
-                     stage: dict[str, Any] | None = None) -> dict[str, Any]:
+                     stage: dict[str, Any] | None = None, corrector: Any = None) -> dict[str, Any]:
         """Train one phase, resumably; returns its result (metrics, seconds, train_seconds, diverged)."""
         if cfg.stages:
             return self._train_stages(phase_dir, model, data, cfg, seed, label, resolution)
@@ -217,7 +218,7 @@ class CoarseToFine:
                           extra={**self._extra(resolution, label), "phase_config": config,
                                  **({"stage": stage} if stage else {})},
                           resume=state, label=label, eval_train=self.recipe.eval_train, progress=self.progress,
-                          lr_plan=plan, momentum=momentum)
+                          lr_plan=plan, momentum=momentum, corrector=corrector)
         except DivergedError as exc:
             console.print(f"[yellow]diverged:[/] {escape(str(exc))}")
             diverged = {"epoch": exc.epoch, "step": exc.step, "message": str(exc)}
@@ -426,7 +427,7 @@ class CoarseToFine:
                 buffers = self._momentum(src, src_dir) if r.carry_optimizer else None  # disk: not counted
                 _sync(self.device)
                 t0 = time.perf_counter()
-                diags = transfer_weights(src, model, v.strategy, r.family, v.lam, "prolongate",
+                diags = transfer_weights(src, model, START.get(v.strategy, v.strategy), r.family, v.lam, "prolongate",
                                          coefficient_policy=v.policy)
                 if r.bn_recalibrate:
                     g = torch.Generator().manual_seed(seed)
@@ -449,8 +450,12 @@ class CoarseToFine:
             te_loss, te_acc = evaluate(model, data.x_test, data.y_test)
             entry["at_transfer"] = {"train_loss": tr_loss, "train_acc": tr_acc, "test_loss": te_loss,
                                     "test_acc": te_acc}
+            corrector = self._corrector(v, data, phases, res, seed) if v.strategy == "mgopt" else None
             result = self._train_phase(pdir, model, data, phase.cfg, fit_seed, f"t{trial} {v.label} {res}", res,
-                                       plan, momentum)
+                                       plan, momentum, corrector=corrector)
+            if corrector is not None and corrector.alphas:  # this session's cycles (a resumed phase: since then)
+                result["mgopt_alphas"] = corrector.alphas
+                _write_json(pdir / "mgopt.json", {"alphas": corrector.alphas, "every": corrector.every})
             entry.update(result)
             if "diagnostics" in entry:
                 _write_json(pdir / "diagnostics.json", entry["diagnostics"])
@@ -463,6 +468,17 @@ class CoarseToFine:
         if out["diverged"] is None and len(phases) > 1:
             self._restricted(vdir, model, phases, seed)
         return out
+
+    def _corrector(self, v: Variant, data: TensorData, phases: list[Phase], res: int, seed: int) -> Any:
+        """MG/OPT corrections for a fine phase at grid ``res``: the coarser grids' models as templates."""
+        from .multilevel import CycleConfig, Corrector
+
+        m = self.recipe.multilevel
+        coarser = [p.resolution for p in phases if p.resolution < res][::-1]  # one grid down first
+        levels = [self._build(g, seed + 1) for g in coarser]
+        cfg = CycleConfig(coarse_steps=m.coarse_steps, coarse_lr=m.coarse_lr, prolongation=m.prolongation,
+                          line_search=m.line_search)
+        return Corrector(levels, data.x_train, data.y_train, self.recipe.family, m.every, m.tau_batch, cfg, seed)
 
     def _restricted(self, vdir: Path, model: nn.Module, phases: list[Phase], seed: int) -> None:
         """Fine → coarse (thesis future work: cheap low-resolution inference): the variant's final model

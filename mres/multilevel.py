@@ -226,3 +226,36 @@ def joint_loss(levels: Sequence[nn.Module], w: Weights, xs: Sequence[torch.Tenso
     restricts them and sizes the batches, e.g. larger ones where images are cheap)."""
     tied = tied_weights(levels, w, family, tie)
     return sum(c * batch_loss(m, wl, xb, yb) for m, wl, xb, yb, c in zip(levels, tied, xs, ys, weights))
+
+
+# ----------------------------------------------------------------------------- in the training loop
+class Corrector:
+    """MG/OPT coarse corrections inside a training run: every ``every`` optimizer steps of the fine
+    optimizer (they are the smoothing), one cycle's coarse correction on a fresh τ batch of
+    ``tau_batch`` training examples (drawn from a seed and the step, so a resumed run draws the same),
+    accepted by the Armijo search. BN running statistics touched by the cycle's forwards are put back.
+    ``alphas`` logs each accepted step (0: refused)."""
+
+    def __init__(self, coarse_levels: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, family: str,
+                 every: int, tau_batch: int, cfg: CycleConfig, seed: int = 0):
+        self.levels, self.x, self.y, self.family = list(coarse_levels), x, y, family
+        self.every, self.tau_batch, self.seed = every, tau_batch, seed
+        self.cfg = CycleConfig(**{**cfg.__dict__, "pre": 0, "post": 0})  # the loop's own steps smooth
+        self.alphas: list[float] = []
+
+    def __call__(self, model: nn.Module, step: int) -> None:
+        if (step + 1) % self.every:
+            return
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        idx = torch.randperm(len(self.y), generator=g)[: self.tau_batch].to(self.y.device)
+        buffers = {k: b.clone() for k, b in model.named_buffers()}
+        w = {k: p.detach() for k, p in model.named_parameters()}
+        log = CycleLog()
+        new = mgopt_cycle([model, *self.levels], w, self.x[idx], self.y[idx], self.family, self.cfg,
+                          lambda level, wt, n: wt, log)
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                p.copy_(new[k])
+            for k, b in model.named_buffers():
+                b.copy_(buffers[k])
+        self.alphas.append(log.alpha[0])

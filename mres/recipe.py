@@ -258,6 +258,17 @@ class FeaturesSpec(Strict):
     split: Literal["train", "test"] = "test"
 
 
+class MultilevelConfig(Strict):
+    """MG/OPT coarse corrections during the fine phase of the ``mgopt`` variant (mres/multilevel.py)."""
+    cycle: Literal["V"] = Field("V", description="V: the coarse problem of each grid is solved by a cycle one grid down")
+    every: int = Field(50, ge=1, description="fine optimizer steps between corrections (they are the smoothing)")
+    coarse_steps: int = Field(5, ge=1, description="gradient steps on f_H(v) - <tau, v> at the coarsest grid")
+    coarse_lr: float = Field(0.01, gt=0)
+    tau_batch: int = Field(1024, ge=1, description="training examples of the batch shared by every grid")
+    prolongation: Literal["galerkin", "copy"] = "galerkin"
+    line_search: bool = Field(True, description="Armijo backtracking on the fine batch loss (never raises it)")
+
+
 class AnalysisConfig(Strict):
     landscape: LandscapeSpec | None = None
     features: FeaturesSpec | None = None
@@ -273,7 +284,7 @@ class FineOnlyConfig(TrainConfig):
 class CoarseToFineRecipe(RecipeBase):
     resolutions: list[int] = Field([14, 28], min_length=2, description="coarse to fine, each twice the last")
     family: Literal["average-constant", "average-bilinear", "fullweighting-linear"] = "average-bilinear"
-    strategies: list[Literal["fresh", "fine-only", "transfer", "galerkin", "galerkin-reg"]] = [
+    strategies: list[Literal["fresh", "fine-only", "transfer", "galerkin", "galerkin-reg", "mgopt"]] = [
         "fresh", "fine-only", "transfer", "galerkin", "galerkin-reg"]
     lams: list[float] = Field([0.1], description="galerkin-reg regularisation weights (one run each)")
     coefficient_policies: list[Literal["keep", "rescale", "respectral"]] = ["keep"]
@@ -291,6 +302,7 @@ class CoarseToFineRecipe(RecipeBase):
     eval_train: bool = Field(True, description="evaluate the whole training set after every epoch (monitoring)")
     trials: int = Field(1, ge=1)
     bn_recalibrate: bool = True
+    multilevel: MultilevelConfig = Field(MultilevelConfig(), description="the mgopt variant's MG/OPT cycles")
     parallel: Literal["data", "variants"] = Field(
         "data", description="under torchrun: data = each phase data-parallel over the ranks; variants = the "
                             "trials' coarse phases, then the variants, dealt to the ranks (one device each)")

@@ -207,6 +207,7 @@ def fit(
     progress: bool = True,
     lr_plan: LRPlan | None = None,
     momentum: dict[str, torch.Tensor] | None = None,
+    corrector: Callable[[nn.Module, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` on ``data`` for ``cfg.epochs`` epochs; return the per-epoch metrics.
 
@@ -214,6 +215,7 @@ def fit(
     checkpoint dict written by this function, from which training continues exactly.
     ``lr_plan`` places this phase in a longer schedule (default: the phase's own);
     ``momentum`` (parameter name → buffer) starts SGD's momentum buffers (``carry_optimizer``).
+    ``corrector(model, step)`` runs after every optimizer step (MG/OPT coarse corrections; its time counts).
     A non-finite loss, test loss or weight raises :class:`DivergedError`; the last good
     checkpoint is kept and the epoch's metrics row marks the non-finite values (``null``).
     """
@@ -307,6 +309,8 @@ def fit(
                             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                         opt.step()
                         sched.step()
+                    if corrector is not None:
+                        corrector(model, epoch * spe + step)
                     loss_sum += loss.detach().double() * len(yb)
                     correct += (out.detach().argmax(1) == yb).sum()
                     seen += len(yb)

@@ -146,3 +146,20 @@ def test_every_variant_is_restricted_to_the_coarser_grids_and_evaluated_there(tm
     assert next(r for r in rows if r["rule"] == "galerkin")["test_acc"] == pytest.approx(acc, abs=1e-9)
     md = (tmp_path / "report.md").read_text()
     assert "Accuracy at each grid after restriction" in md and "8×8 galerkin" in md
+
+
+def test_the_mgopt_variant_starts_as_transfer_and_takes_coarse_corrections(tmp_path):
+    rec = tiny_recipe(trials=1, strategies=["transfer", "mgopt"], resolutions=[4, 8, 16],
+                      multilevel={"every": 2, "tau_batch": 64, "coarse_steps": 2, "coarse_lr": 0.05})
+    summary = run_coarse_to_fine(rec, tmp_path, progress=False)
+    st = summary["strategies"]
+    start = lambda v: torch.load(tmp_path / "trial0" / v / "fine-8" / "checkpoints" / "start.pt", weights_only=True)["model"]  # noqa: E731
+    a, b = start("transfer"), start("mgopt")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same start: transfer's
+    for res in (8, 16):  # a two-grid cycle at 8 (down to 4), a V-cycle 16 → 8 → 4 at 16
+        log = json.loads((tmp_path / "trial0" / "mgopt" / f"fine-{res}" / "mgopt.json").read_text())
+        steps = 2 * 8  # 2 fine epochs of 256 examples in batches of 32
+        assert len(log["alphas"]) == steps // 2 and all(0.0 <= x <= 1.0 for x in log["alphas"])
+        assert any(x > 0 for x in log["alphas"])  # some corrections were taken
+    assert st["mgopt"]["acc_final"] != st["transfer"]["acc_final"] or st["mgopt"]["seconds"] != st["transfer"]["seconds"]
+    assert "mgopt" in (tmp_path / "report.md").read_text()
