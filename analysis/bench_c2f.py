@@ -8,7 +8,10 @@ measures exactly what a user's run does:
 - coarse-to-fine: the same model trained on R-restricted images and transferred (``--strategies``),
   over a grid of (coarse epochs, fine epochs), the two schedule scopes (``phase``: each phase its
   own cosine; ``run``: one cosine over both), momentum carried across the transfer, coarse batch
-  scaling, and cascades 7 → 14 → 28.
+  scaling, and cascades 7 → 14 → 28;
+- multilevel training (mres/multilevel.py), set against the one-shot coarse-to-fine front: ``mgopt``
+  (run-scope schedules plus MG/OPT coarse corrections every N fine steps) and ``joint`` (the finest
+  weights trained on both grids at once, Galerkin-tied); ``--no-multilevel`` leaves them out.
 
 Seconds are training seconds (optimizer steps + transfer + BN recalibration; per-epoch evaluation
 is monitoring and not counted). Points are measured interleaved in one run, so drift of the
@@ -111,6 +114,10 @@ def sweep(args: argparse.Namespace) -> list[Point]:
                             {"resolutions": [coarse, fine], "strategies": ["mgopt"], "epochs_per_grid": [ce, fe],
                              "schedule_scope": "run", "multilevel": {"every": every, "tau_batch": 512}},
                             f"{coarse}→{fine} run-scope c{ce}+f{fe} + MG/OPT correction every {every} steps"))
+    for e in (args.fine_budgets[-1:] if quick else args.fine_budgets[1::2]):  # joint multiscale training, tied weights
+        mg.append(Point(f"joint-e{e}", "mgopt", {"resolutions": [coarse, fine], "strategies": ["joint"],
+                                                 "fine_only": {"epochs": e}},
+                        f"joint {fine}+{coarse} (Galerkin tie, c = 1, 1/2; coarse batch ×2) {e} epochs"))
     if args.no_multilevel:
         mg = []
     # spread each group evenly over the run (by fractional position), so a drift hits every front alike
@@ -297,14 +304,14 @@ def report(points: list[Point], args: argparse.Namespace, root: Path, session: s
               f"(its best: {h['candidate_best'] * 100:.2f} %){extra} (goal <= 0.5)")
     mg = [(r["seconds"], r["acc"]) for p, r in rows if p.front == "mgopt"]
     if mg and c_front:  # multigrid training against the best one-shot schedules (the c2f front)
-        print(f"\nMG/OPT points against the one-shot coarse-to-fine front (T interpolated along it):")
+        print("\nMG/OPT and joint points against the one-shot coarse-to-fine front (T interpolated along it):")
         for m in tta.matched_ratios(mg, c_front):
             print(f"  a = {m['accuracy'] * 100:.2f} %: T_mgopt {m['seconds']:.0f} s, T_one-shot(a) "
                   f"{m['reference_seconds']:.0f} s, ratio {m['ratio']:.3f}")
         hm = tta.headline(mg, c2f)
         if hm.get("ratio"):
             print(f"  at the one-shot front's best accuracy: ratio {hm['ratio']:.3f}"
-                  + ("" if hm["reached"] else " (MG/OPT did not reach it: at its own best)"))
+                  + ("" if hm["reached"] else " (multilevel training did not reach it: at its own best)"))
     if best_c2f:
         p = best_c2f[2]
         print(f"best coarse-to-fine point: {p.name} ({p.what}): {best_c2f[0] * 100:.2f} % in {best_c2f[1]:.0f} s")
@@ -324,7 +331,8 @@ def report(points: list[Point], args: argparse.Namespace, root: Path, session: s
     print(f"figure: {png}" if f_front and c_front else "no figure: a front is empty")
 
 
-GROUPS = (("fo-", "fine-only", "tab:blue", "o"), ("mgopt", "MG/OPT (run + corrections)", "tab:gray", "p"), ("cascade-phase", "cascade, phase scope", "tab:cyan", "h"), ("phase-warm", "phase + warm-up", "tab:brown", "P"),
+GROUPS = (("fo-", "fine-only", "tab:blue", "o"), ("mgopt", "MG/OPT (run + corrections)", "tab:gray", "p"),
+          ("joint", "joint multiscale (tied)", "tab:olive", "d"), ("cascade-phase", "cascade, phase scope", "tab:cyan", "h"), ("phase-warm", "phase + warm-up", "tab:brown", "P"),
           ("phase-", "phase scope", "tab:orange", "s"), ("run-carry", "run + momentum", "tab:red", "v"),
           ("run-bs", "run + batch scaling", "tab:purple", "D"), ("run-warm", "run + warm-up", "tab:olive", "X"),
           ("run-", "run scope", "tab:green", "^"), ("cascade", "cascade 7→14→28", "tab:pink", "*"))

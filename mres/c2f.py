@@ -46,7 +46,7 @@ from .train import (LRPlan, configure_runtime, console, evaluate, fit, json_safe
                     save_checkpoint_main, trainable, write_metrics)
 from .transfer import function_preservation, level_spectra, recalibrate_bn, transfer_like_weights, transfer_weights
 
-BASELINES = ("fresh", "fine-only")  # trained at the finest grid only, without the coarse model
+BASELINES = ("fresh", "fine-only", "joint")  # trained at the finest grid only, without the coarse model
 START = {"mgopt": "transfer"}  # variants that start as another strategy's transfer, then train differently
 COLLAPSE_DROP = 0.20  # final test accuracy this far below the accuracy at transfer: collapsed
 COLLAPSE_MARGIN = 0.05  # ... or within this of chance
@@ -194,7 +194,8 @@ class CoarseToFine:
     def _train_phase(self, phase_dir: Path, model: nn.Module, data: TensorData, cfg: TrainConfig, seed: int,
                      label: str, resolution: int, plan: LRPlan | None = None,
                      momentum: dict[str, torch.Tensor] | None = None,
-                     stage: dict[str, Any] | None = None, corrector: Any = None) -> dict[str, Any]:
+                     stage: dict[str, Any] | None = None, corrector: Any = None,
+                     extra_loss: Any = None) -> dict[str, Any]:
         """Train one phase, resumably; returns its result (metrics, seconds, train_seconds, diverged)."""
         if cfg.stages:
             return self._train_stages(phase_dir, model, data, cfg, seed, label, resolution)
@@ -218,7 +219,7 @@ class CoarseToFine:
                           extra={**self._extra(resolution, label), "phase_config": config,
                                  **({"stage": stage} if stage else {})},
                           resume=state, label=label, eval_train=self.recipe.eval_train, progress=self.progress,
-                          lr_plan=plan, momentum=momentum, corrector=corrector)
+                          lr_plan=plan, momentum=momentum, corrector=corrector, extra_loss=extra_loss)
         except DivergedError as exc:
             console.print(f"[yellow]diverged:[/] {escape(str(exc))}")
             diverged = {"epoch": exc.epoch, "step": exc.step, "message": str(exc)}
@@ -404,7 +405,7 @@ class CoarseToFine:
         if v.strategy == "fresh":  # the thesis baseline: the fine phase's epochs and examples, new weights
             model = self._build(finest.resolution, seed + 1)
             steps = [(finest, None, self._phase_data(finest.resolution, r.fine_subset, seed + 7), seed + 11)]
-        elif v.strategy == "fine-only":  # budget-matched: the coarse phase's examples at the finest grid
+        elif v.strategy in ("fine-only", "joint"):  # budget-matched: the coarse phase's examples at the finest grid
             model = self._build(finest.resolution, seed + 1)
             cfg = TrainConfig.model_validate({**r.fine_only.model_dump(), "epochs": fine_only_epochs})
             data = self._phase_data(finest.resolution, r.coarse_subset, seed)
@@ -451,8 +452,9 @@ class CoarseToFine:
             entry["at_transfer"] = {"train_loss": tr_loss, "train_acc": tr_acc, "test_loss": te_loss,
                                     "test_acc": te_acc}
             corrector = self._corrector(v, data, phases, res, seed) if v.strategy == "mgopt" else None
+            joint = self._joint(data, phases, res, seed) if v.strategy == "joint" else None
             result = self._train_phase(pdir, model, data, phase.cfg, fit_seed, f"t{trial} {v.label} {res}", res,
-                                       plan, momentum, corrector=corrector)
+                                       plan, momentum, corrector=corrector, extra_loss=joint)
             if corrector is not None and corrector.alphas:  # this session's cycles (a resumed phase: since then)
                 result["mgopt_alphas"] = corrector.alphas
                 _write_json(pdir / "mgopt.json", {"alphas": corrector.alphas, "every": corrector.every})
@@ -479,6 +481,21 @@ class CoarseToFine:
         cfg = CycleConfig(coarse_steps=m.coarse_steps, coarse_lr=m.coarse_lr, prolongation=m.prolongation,
                           line_search=m.line_search)
         return Corrector(levels, data.x_train, data.y_train, self.recipe.family, m.every, m.tau_batch, cfg, seed)
+
+    def _joint(self, data: TensorData, phases: list[Phase], res: int, seed: int) -> Any:
+        """The joint variant's coarse terms: every coarser grid of the cascade, tied to the finest weights."""
+        from .multilevel import JointTerm
+
+        j = self.recipe.joint
+        coarser = [p.resolution for p in phases if p.resolution < res][::-1]
+        n = len(coarser) + 1
+        weights = j.weights or [0.5 ** ell for ell in range(n)]
+        scale = j.batch_scale or [2 ** ell for ell in range(n)]
+        if len(weights) != n or len(scale) != n:
+            raise UserError(f"joint.weights and joint.batch_scale need one value per grid ({n}: "
+                            f"{[res] + coarser}), got {len(weights)} and {len(scale)}")
+        return JointTerm([self._build(g, seed + 1) for g in coarser], data.x_train, data.y_train,
+                         self.recipe.family, j.tie, weights, scale, seed)
 
     def _restricted(self, vdir: Path, model: nn.Module, phases: list[Phase], seed: int) -> None:
         """Fine → coarse (thesis future work: cheap low-resolution inference): the variant's final model

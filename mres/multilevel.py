@@ -259,3 +259,30 @@ class Corrector:
             for k, b in model.named_buffers():
                 b.copy_(buffers[k])
         self.alphas.append(log.alpha[0])
+
+
+class JointTerm:
+    """Joint multiscale training (MGE-style, with the exact tie): the coarse levels' loss added to each
+    training step's, Σ_{ℓ≥1} c_ℓ L(model_ℓ(R^ℓ x_ℓ), y_ℓ) with the coarse weights a differentiable function of
+    the fine ones (:func:`tied_weights`). Level ℓ's batch has ``batch_scale[ℓ]`` × the step's rows (a coarse
+    image costs 4^-ℓ of a fine one): the step's batch first, then examples drawn from a seed and the step."""
+
+    def __init__(self, coarse_levels: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, family: str,
+                 tie: str, weights: Sequence[float], batch_scale: Sequence[int], seed: int = 0):
+        self.levels, self.x, self.y, self.family, self.tie = list(coarse_levels), x, y, family, tie
+        self.weights, self.batch_scale, self.seed = list(weights), list(batch_scale), seed
+
+    def __call__(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, step: int) -> torch.Tensor:
+        levels = [model, *self.levels]
+        tied = tied_weights(levels, dict(model.named_parameters()), self.family, self.tie)
+        total = torch.zeros((), device=xb.device)
+        for ell in range(1, len(levels)):
+            extra = (self.batch_scale[ell] - 1) * len(yb)
+            xs, ys = xb, yb
+            if extra > 0:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+                idx = torch.randint(len(self.y), (extra,), generator=g).to(self.y.device)
+                xs, ys = torch.cat([xb, self.x[idx].to(xb.dtype)]), torch.cat([yb, self.y[idx]])
+            xs = restrict_to(xs.contiguous(), xs.shape[-1] >> ell, self.family)
+            total = total + self.weights[ell] * batch_loss(levels[ell], tied[ell], xs, ys)
+        return total

@@ -269,6 +269,16 @@ class MultilevelConfig(Strict):
     line_search: bool = Field(True, description="Armijo backtracking on the fine batch loss (never raises it)")
 
 
+class JointConfig(Strict):
+    """The ``joint`` variant: one set of finest-grid weights trained on every grid of the cascade at once."""
+    tie: Literal["galerkin", "copy"] = Field("galerkin", description="coarse weights = M θ (galerkin) or the same "
+                                                                        "stencils (copy, MGE's choice)")
+    weights: list[Annotated[float, Field(ge=0)]] | None = Field(
+        None, description="c_l per grid, finest first (null: 1, 1/2, 1/4, ...)")
+    batch_scale: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="each grid's batch as a multiple of the step's, finest first (null: 1, 2, 4, ...)")
+
+
 class AnalysisConfig(Strict):
     landscape: LandscapeSpec | None = None
     features: FeaturesSpec | None = None
@@ -284,7 +294,7 @@ class FineOnlyConfig(TrainConfig):
 class CoarseToFineRecipe(RecipeBase):
     resolutions: list[int] = Field([14, 28], min_length=2, description="coarse to fine, each twice the last")
     family: Literal["average-constant", "average-bilinear", "fullweighting-linear"] = "average-bilinear"
-    strategies: list[Literal["fresh", "fine-only", "transfer", "galerkin", "galerkin-reg", "mgopt"]] = [
+    strategies: list[Literal["fresh", "fine-only", "transfer", "galerkin", "galerkin-reg", "mgopt", "joint"]] = [
         "fresh", "fine-only", "transfer", "galerkin", "galerkin-reg"]
     lams: list[float] = Field([0.1], description="galerkin-reg regularisation weights (one run each)")
     coefficient_policies: list[Literal["keep", "rescale", "respectral"]] = ["keep"]
@@ -303,6 +313,7 @@ class CoarseToFineRecipe(RecipeBase):
     trials: int = Field(1, ge=1)
     bn_recalibrate: bool = True
     multilevel: MultilevelConfig = Field(MultilevelConfig(), description="the mgopt variant's MG/OPT cycles")
+    joint: JointConfig = Field(JointConfig(), description="the joint variant's multiscale loss")
     parallel: Literal["data", "variants"] = Field(
         "data", description="under torchrun: data = each phase data-parallel over the ranks; variants = the "
                             "trials' coarse phases, then the variants, dealt to the ranks (one device each)")
@@ -337,6 +348,16 @@ class CoarseToFineRecipe(RecipeBase):
             if b != 2 * a:
                 raise ValueError(f"each resolution must be twice the previous one, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _joint_per_grid(self) -> "CoarseToFineRecipe":
+        n = len(self.resolutions)
+        for key in ("weights", "batch_scale"):
+            v = getattr(self.joint, key)
+            if v is not None and len(v) != n:
+                raise ValueError(f"joint.{key} needs one value per grid, finest first ({n} grids: "
+                                 f"{self.resolutions[::-1]}), got {v}")
+        return self
 
     @field_validator("lams")
     @classmethod

@@ -208,6 +208,7 @@ def fit(
     lr_plan: LRPlan | None = None,
     momentum: dict[str, torch.Tensor] | None = None,
     corrector: Callable[[nn.Module, int], None] | None = None,
+    extra_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` on ``data`` for ``cfg.epochs`` epochs; return the per-epoch metrics.
 
@@ -215,7 +216,8 @@ def fit(
     checkpoint dict written by this function, from which training continues exactly.
     ``lr_plan`` places this phase in a longer schedule (default: the phase's own);
     ``momentum`` (parameter name → buffer) starts SGD's momentum buffers (``carry_optimizer``).
-    ``corrector(model, step)`` runs after every optimizer step (MG/OPT coarse corrections; its time counts).
+    ``corrector(model, step)`` runs after every optimizer step (MG/OPT coarse corrections; its time counts);
+    ``extra_loss(model, xb, yb, step)`` is added to every step's objective (joint multiscale training).
     A non-finite loss, test loss or weight raises :class:`DivergedError`; the last good
     checkpoint is kept and the epoch's metrics row marks the non-finite values (``null``).
     """
@@ -229,6 +231,9 @@ def fit(
     if ranks.distributed and isinstance(opt, CGSteihaug):
         raise UserError("optimizer cg-steihaug does not run data-parallel (its CG solve and ratio test would need "
                         "every Hessian-vector product all-reduced): run it in one process")
+    if ranks.distributed and (corrector is not None or extra_loss is not None):
+        raise UserError("the mgopt and joint variants do not run data-parallel (their coarse levels are not "
+                        "sharded); under torchrun use parallel: variants")
     net = model  # what the step calls: DistributedDataParallel averages the gradients over ranks
     if cfg.sync_bn and ranks.distributed:
         if device.type != "cuda":
@@ -289,6 +294,8 @@ def fit(
                     def objective(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                         loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
                         reg = regularization() if regularization is not None else None
+                        if extra_loss is not None:
+                            reg = extra_loss(model, xb, yb, epoch * spe + step) + (0 if reg is None else reg)
                         return loss, (loss if reg is None else loss + reg)
 
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):

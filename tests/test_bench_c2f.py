@@ -41,7 +41,7 @@ def test_bench_rejects_unknown_points_and_a_missing_npz_path():
 def test_bench_puts_mgopt_points_against_the_one_shot_front(tmp_path):
     r = bench("--out", str(tmp_path / "b"), "--points", "fo-e1,run-c8-f1,mgopt-c8-f1-e50")
     assert r.returncode == 0, r.stderr
-    assert "mgopt-c8-f1-e50" in r.stdout and "MG/OPT points against the one-shot coarse-to-fine front" in r.stdout
+    assert "mgopt-c8-f1-e50" in r.stdout and "MG/OPT and joint points against the one-shot" in r.stdout
     points = json.loads((tmp_path / "b" / "points_3points_1trials.json").read_text())
     mg = next(p for p in points if p["name"] == "mgopt-c8-f1-e50")
     assert mg["front"] == "mgopt" and mg["strategy"] == "mgopt" and mg["seconds"] > 0

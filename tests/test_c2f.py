@@ -163,3 +163,18 @@ def test_the_mgopt_variant_starts_as_transfer_and_takes_coarse_corrections(tmp_p
         assert any(x > 0 for x in log["alphas"])  # some corrections were taken
     assert st["mgopt"]["acc_final"] != st["transfer"]["acc_final"] or st["mgopt"]["seconds"] != st["transfer"]["seconds"]
     assert "mgopt" in (tmp_path / "report.md").read_text()
+
+
+def test_the_joint_variant_trains_the_finest_weights_on_every_grid(tmp_path):
+    base = dict(trials=1, resolutions=[4, 8, 16], strategies=["fine-only", "joint"], fine_only={"epochs": 2})
+    # with every coarse weight c_l = 0 the joint loss is the fine loss: the run equals fine-only
+    off = run_coarse_to_fine(tiny_recipe(**base, joint={"weights": [1.0, 0.0, 0.0]}), tmp_path / "off", progress=False)
+    a, b = off["strategies"]["fine-only"], off["strategies"]["joint"]
+    assert b["acc_final"] == pytest.approx(a["acc_final"], abs=1e-6)
+    assert b["acc_after_first_epoch"] == pytest.approx(a["acc_after_first_epoch"], abs=1e-6)
+    on = run_coarse_to_fine(tiny_recipe(**base), tmp_path / "on", progress=False)
+    m = lambda d, v: json.loads((tmp_path / d / "trial0" / v / "fine-16" / "result.json").read_text())["metrics"]  # noqa: E731
+    assert m("on", "joint")[0]["train_loss"] != pytest.approx(m("on", "fine-only")[0]["train_loss"], rel=1e-6)
+    assert (tmp_path / "on" / "trial0" / "joint" / "restricted.json").exists()
+    with pytest.raises(Exception, match="joint.weights needs one value per grid"):
+        tiny_recipe(**base, joint={"weights": [1.0, 0.5]})
