@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import warnings
 import math
 from pathlib import Path
 from typing import Any
@@ -435,6 +436,14 @@ def _analysis_sections(run_dir: Path) -> list[Section]:
     return out
 
 
+def _nanmean(rows: list[list[float | None]]) -> np.ndarray:
+    """Column means over trials, skipping nulls (non-finite values of a diverged epoch); all-null: nan."""
+    a = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=float)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(a, axis=0)
+
+
 def _convergence_figure(run_dir: Path, summary: dict[str, Any], out: Path) -> bool:
     import matplotlib
 
@@ -452,7 +461,7 @@ def _convergence_figure(run_dir: Path, summary: dict[str, Any], out: Path) -> bo
         coarse_len = n
         x = np.arange(1, n + 1)
         for ax, key in zip(axes, ("train_loss", "test_acc")):
-            y = np.mean([[c[i][key] for i in range(n)] for c in coarse], axis=0)
+            y = _nanmean([[c[i][key] for i in range(n)] for c in coarse])
             ax.plot(x, y, color="black", lw=2, label=f"coarse {res[0]}×{res[0]}")
         drawn = True
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -476,10 +485,10 @@ def _convergence_figure(run_dir: Path, summary: dict[str, Any], out: Path) -> bo
         x = np.arange(offset + 1, offset + n + 1)
         color = colors[i % len(colors)]
         for ax, key in zip(axes, ("train_loss", "test_acc")):
-            y = np.mean([[c[j][key] for j in range(n)] for c in curves], axis=0)
+            y = _nanmean([[c[j][key] for j in range(n)] for c in curves])  # a diverged epoch's null: a gap
             ax.plot(x, y, marker="o", ms=3, color=color, label=label)
         # test accuracy right after the (last) transfer, before any training on that grid
-        at = [a for a in summary["strategies"][label]["acc_at_transfer"] if a == a]
+        at = [a for a in summary["strategies"][label]["acc_at_transfer"] if a is not None and a == a]
         if at:
             axes[1].plot([offset + 0.5, offset + 1], [np.mean(at), y[0]], ls=":", marker="x", color=color)
         drawn = True

@@ -178,3 +178,18 @@ def test_the_joint_variant_trains_the_finest_weights_on_every_grid(tmp_path):
     assert (tmp_path / "on" / "trial0" / "joint" / "restricted.json").exists()
     with pytest.raises(Exception, match="joint.weights needs one value per grid"):
         tiny_recipe(**base, joint={"weights": [1.0, 0.5]})
+
+
+def test_the_convergence_figure_skips_the_nulls_of_a_diverged_epoch(tmp_path):
+    from mres.report import _convergence_figure
+
+    rows = {"coarse-8": [{"train_loss": 2.0, "test_acc": 0.3}, {"train_loss": 1.5, "test_acc": 0.4}],
+            "galerkin/fine-16": [{"train_loss": 1.2, "test_acc": 0.5}, {"train_loss": None, "test_acc": None}]}
+    for t in (0, 1):
+        for sub, metrics in rows.items():
+            d = tmp_path / f"trial{t}" / sub
+            d.mkdir(parents=True)
+            (d / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in metrics) + "\n")
+    summary = {"resolutions": [8, 16], "trials": 2, "strategies": {"galerkin": {"acc_at_transfer": [0.45, None]}}}
+    assert _convergence_figure(tmp_path, summary, tmp_path / "c.png")  # drawn, no TypeError on the nulls
+    assert (tmp_path / "c.png").stat().st_size > 10_000
