@@ -31,7 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, default=HERE.parents[2] / "runs" / "poly_coefficients")
     args = ap.parse_args()
-    lines = ["| row | variant | finished / diverged | final test % | Δ vs keep (points) [95 % CI], p, n | "
+    lines = ["| row | variant | finished / diverged / skipped | final test % | Δ vs keep (points) [95 % CI], p, n | "
              "ĝ logit change (coeff ×2), median | roots in the moved A's box | A's box (level 1): before → after |",
              "|---|---|---|---|---|---|---|---|"]
     for row in ROWS:
@@ -60,12 +60,49 @@ def main() -> None:
                         f"{100 * t['mean_diff']:+.2f}, n={t['n']}"
             accs = f"{100 * np.mean(acc):.2f} ± {100 * np.std(acc, ddof=1):.2f}" if len(acc) > 1 else \
                 (f"{100 * acc[0]:.2f}" if acc else "—")
-            lines.append(f"| {row} | {label} | {len(acc)} / {sum(bool(d) for d in s['diverged'])} | {accs} | {diff} | "
+            lines.append(f"| {row} | {label} | {len(acc)} / {sum(bool(d) for d in s['diverged'])} / "
+                         f"{sum(bool(k) for k in s['skipped'])} | {accs} | {diff} | "
                          f"{_sensitivity(args.runs / row, label)} | {_roots(args.runs / row, label)} | "
                          f"{_boxes(args.runs / row, label)} |")
+    lines += ["", *divergence_lines(args.runs)]
     text = "\n".join(lines) + "\n"
     (HERE / "table.md").write_text(text)
     print(text)
+
+
+def divergence_lines(runs: Path) -> list[str]:
+    """Over the rows without the cancelling BN: per (row, strategy, trial) whose coarse phase finished, does
+    ``keep`` diverge where a policy does not (and the reverse)? An exact sign test on the discordant pairs."""
+    from scipy.stats import binomtest
+
+    out = ["Divergence in the rows without the cancelling BN (pairs: row × strategy × trial with a finished coarse "
+           "phase; a discordant pair is one where exactly one of keep / the policy diverged):", ""]
+    for policy in ("rescale", "respectral"):
+        keep_only = pol_only = both = n = 0
+        for row in ROWS[1:]:
+            path = runs / row / "summary.json"
+            path = path if path.exists() else HERE / row / "summary.json"
+            if not path.exists():
+                continue
+            st = json.loads(path.read_text())["strategies"]
+            for label, s in st.items():
+                if s["policy"] != "keep" or s["strategy"] in ("fresh", "fine-only"):
+                    continue
+                other = st.get(f"{label}[{policy}]")
+                if other is None:
+                    continue
+                for k, (dk, do, sk) in enumerate(zip(s["diverged"], other["diverged"], s["skipped"])):
+                    if sk:
+                        continue
+                    n += 1
+                    keep_only += bool(dk) and not do
+                    pol_only += bool(do) and not dk
+                    both += bool(dk) and bool(do)
+        disc = keep_only + pol_only
+        p = binomtest(keep_only, disc, 0.5).pvalue if disc else float("nan")
+        out.append(f"- keep vs {policy}: {n} pairs; keep alone diverged in {keep_only}, {policy} alone in {pol_only}, "
+                   f"both in {both}; sign test p = {p:.3g}")
+    return out
 
 
 def _sensitivity(run: Path, label: str) -> str:
