@@ -41,7 +41,7 @@ from .data import TensorData, iterate_batches, load_dataset, num_batches
 from .errors import DivergedError, Interrupted, UserError
 from .models import build_model
 from .recipe import CoarseToFineRecipe, TrainConfig, dump_yaml, parse_yaml, to_plain
-from .distributed import alone, barrier, barrier_all, group, world
+from .distributed import agreed, alone, barrier, barrier_all, group, world
 from .train import (LRPlan, configure_runtime, console, evaluate, fit, json_safe, momentum_buffers, select_device,
                     save_checkpoint_main, trainable, write_metrics)
 from .transfer import function_preservation, level_spectra, recalibrate_bn, transfer_like_weights, transfer_weights
@@ -443,7 +443,7 @@ class CoarseToFine:
                     entry["diagnostics"]["spectra"] = level_spectra(src, model, res // 2, res)  # grids double
             # the start of this phase, for landscapes / feature pictures (thesis Fig. 4.3)
             start = pdir / "checkpoints" / "start.pt"
-            if not start.exists():
+            if not agreed(start.exists()):  # rank 0's view: it may have written it already
                 save_checkpoint_main(start, {**self._extra(res, f"{v.label} start"), "model": model.state_dict(),
                                              "epoch": 0, "metrics": []})
             # evaluation before any training at this grid
@@ -504,7 +504,7 @@ class CoarseToFine:
         (``restricted.json``; monitoring, not counted). BN statistics are recalibrated at each grid when
         the recipe recalibrates after transfers."""
         path = vdir / "restricted.json"
-        if path.exists():
+        if agreed(path.exists()):
             return
         r = self.recipe
         rows = []
@@ -529,7 +529,7 @@ class CoarseToFine:
         """Poly-MgNet: how much each step's coefficients act at the end of the phase (monitoring, not
         counted): ``sensitivity.json``, shown in the report (mres/sensitivity.py)."""
         path = phase_dir / "sensitivity.json"
-        if path.exists() or result.get("diverged") or not _has_coefficients(model):
+        if agreed(path.exists()) or result.get("diverged") or not _has_coefficients(model):
             return
         from .sensitivity import coefficient_sensitivity
 

@@ -17,9 +17,10 @@ Conventions, stated once:
   :func:`barrier_all` is the only meeting point of the ranks.
 
 Backends: ``nccl`` with CUDA, ``gloo`` on CPUs. One process (no ``WORLD_SIZE``) is the same code
-with W = 1, r = 0 and no collectives. The process group's timeout (``MRES_DIST_TIMEOUT_S``, default
-24 h) only bounds how long a rank waits at a barrier for the others' phases; a rank that fails ends
-the job sooner (torchrun stops the other ranks).
+with W = 1, r = 0 and no collectives. The process group's timeout (``MRES_DIST_TIMEOUT_S``; unset: torch's
+default, 30 min for gloo, 10 min for nccl) bounds how long a rank waits at a barrier for the others'
+phases — set it for ``parallel: variants`` jobs whose phases run longer; a rank that fails ends the
+job sooner (torchrun stops the other ranks).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def init_from_env() -> World:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if backend == "nccl":
         torch.cuda.set_device(local)
-    dist.init_process_group(backend, timeout=timedelta(seconds=float(os.environ.get("MRES_DIST_TIMEOUT_S", 86400))))
+    timeout = os.environ.get("MRES_DIST_TIMEOUT_S")  # unset: torch's default (gloo 30 min, nccl 10 min)
+    dist.init_process_group(backend, **({"timeout": timedelta(seconds=float(timeout))} if timeout else {}))
     _WORLD = _GROUP = World(dist.get_rank(), dist.get_world_size(), local)
     return _WORLD
 
@@ -106,6 +108,17 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     if _WORLD.distributed:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
+
+
+def agreed(flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank. For a decision that guards a write with a barrier (``if not
+    path.exists(): write``): rank 0 may have written the file before another rank looks, and ranks that
+    branch differently around a collective deadlock."""
+    if not _WORLD.distributed:
+        return flag
+    box = [flag if _WORLD.main else None]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
 
 
 def barrier() -> None:
