@@ -508,19 +508,21 @@ class CoarseToFine:
             return
         r = self.recipe
         rows = []
+        grids = [p.resolution for p in reversed(phases[:-1])]  # one grid down at a time: 28 → 14 → 7
+        datasets = {g: self._phase_data(g, r.fine_subset, seed + 7) for g in grids}
         for rule in ("galerkin", "transfer"):
             src = model
-            for p in reversed(phases[:-1]):  # one grid down at a time: 28 → 14 → 7
-                dst = self._build(p.resolution, seed + 1)
+            for g in grids:
+                dst = self._build(g, seed + 1)
                 with warnings.catch_warnings():  # the rules' warnings were shown at the transfers
                     warnings.simplefilter("ignore")
                     transfer_weights(src, dst, rule, r.family, 0.0, "restrict")
-                data = self._phase_data(p.resolution, r.fine_subset, seed + 7)
+                data = datasets[g]
                 if r.bn_recalibrate:
-                    g = torch.Generator().manual_seed(seed)
-                    recalibrate_bn(dst, (xb for xb, _ in iterate_batches(data.x_train, data.y_train, 256, g)))
+                    gen = torch.Generator().manual_seed(seed)
+                    recalibrate_bn(dst, (xb for xb, _ in iterate_batches(data.x_train, data.y_train, 256, gen)))
                 loss, acc = evaluate(dst, data.x_test, data.y_test)
-                rows.append({"rule": rule, "resolution": p.resolution, "test_loss": loss, "test_acc": acc})
+                rows.append({"rule": rule, "resolution": g, "test_loss": loss, "test_acc": acc})
                 src = dst
         _write_json(path, rows)
 

@@ -63,8 +63,7 @@ def _adjoint(apply: Callable[[Weights], Weights], like: Weights, g: Weights) -> 
 def prolongation_adjoint(coarse: nn.Module, fine: nn.Module, g: Weights, family: str,
                          prolongation: str = "galerkin") -> Weights:
     """``(I_H^h)ᵀ g``: a fine gradient → the coarse grid (what τ subtracts)."""
-    like = {k: v.detach() for k, v in coarse.named_parameters()}
-    like = {k: v.to(next(iter(g.values())).dtype) for k, v in like.items()}
+    like = {k: v.detach().to(next(iter(g.values())).dtype) for k, v in coarse.named_parameters()}
     return _adjoint(lambda e: prolongate_weights(coarse, fine, e, family, prolongation), like, g)
 
 

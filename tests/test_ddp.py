@@ -120,17 +120,25 @@ def _is_rank(proc_dir: Path, tag: str, rank: int) -> bool:
     return f"MRES_TEST_TAG={tag}".encode() in env and f"RANK={rank}".encode() in env
 
 
-def test_coarse_to_fine_under_ddp_writes_the_same_files_and_numbers(tmp_path):
-    recipe = tmp_path / "c2f.yaml"
-    recipe.write_text("""
+C2F_RECIPE = """
 dataset: {name: synthetic, synthetic: {n_train: 128, n_test: 64, size: 16}}
 model: {name: cnn, width1: 4, width2: 8}
 resolutions: [8, 16]
-strategies: [fresh, transfer]
+strategies: STRATEGIES
 threads: 1
 coarse: {epochs: 1, batch_size: 32, deterministic: true, channels_last: false}
-fine: {epochs: 1, batch_size: 32, deterministic: true, channels_last: false}
-""")
+fine: {epochs: FINE_EPOCHS, batch_size: 32, deterministic: true, channels_last: false}
+"""
+
+
+def _c2f_recipe(tmp_path: Path, strategies: str, fine_epochs: int) -> Path:
+    p = tmp_path / "c2f.yaml"
+    p.write_text(C2F_RECIPE.replace("STRATEGIES", strategies).replace("FINE_EPOCHS", str(fine_epochs)))
+    return p
+
+
+def test_coarse_to_fine_under_ddp_writes_the_same_files_and_numbers(tmp_path):
+    recipe = _c2f_recipe(tmp_path, "[fresh, transfer]", 1)
     one = _single("coarse-to-fine", "--recipe", str(recipe), "--out", str(tmp_path / "one"), "--quiet")
     assert one.returncode == 0, one.stderr
     two = _ddp("coarse-to-fine", "--recipe", str(recipe), "--out", str(tmp_path / "two"), "--quiet")
@@ -144,16 +152,7 @@ fine: {epochs: 1, batch_size: 32, deterministic: true, channels_last: false}
 
 
 def test_parallel_variants_deals_the_variants_to_the_ranks_and_matches_one_process(tmp_path):
-    recipe = tmp_path / "c2f.yaml"
-    recipe.write_text("""
-dataset: {name: synthetic, synthetic: {n_train: 128, n_test: 64, size: 16}}
-model: {name: cnn, width1: 4, width2: 8}
-resolutions: [8, 16]
-strategies: [fresh, transfer, galerkin]
-threads: 1
-coarse: {epochs: 1, batch_size: 32, deterministic: true, channels_last: false}
-fine: {epochs: 2, batch_size: 32, deterministic: true, channels_last: false}
-""")
+    recipe = _c2f_recipe(tmp_path, "[fresh, transfer, galerkin]", 2)
     one = _single("coarse-to-fine", "--recipe", str(recipe), "--out", str(tmp_path / "one"), "--quiet")
     assert one.returncode == 0, one.stderr
     two = _ddp("coarse-to-fine", "--recipe", str(recipe), "--out", str(tmp_path / "two"), "--quiet",
@@ -201,3 +200,8 @@ fine: {epochs: 1, batch_size: 32, deterministic: true, channels_last: false}
                    "--set", "fine.sync_bn=true")
     assert refused.returncode != 0
     assert "rank 0: error: train.sync_bn needs CUDA devices" in refused.stderr
+    mgopt = _ddp("coarse-to-fine", "--recipe", str(_c2f_recipe(tmp_path, "[mgopt]", 1)), "--out", str(tmp_path / "mg"),
+                 "--quiet")  # its coarse levels are not sharded: refused data-parallel, with the way out
+    flat = " ".join(mgopt.stderr.split())  # (torchrun adds its own launcher traceback after the rank's error)
+    assert mgopt.returncode != 0 and "rank 0: error: the mgopt and joint variants do not run data-parallel" in flat
+    assert "use parallel: variants" in flat

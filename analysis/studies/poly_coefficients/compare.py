@@ -16,15 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mres.report import _slug as slug  # the run directory of a variant label
 from mres.stats import paired_test
 from mres.transfer import _inside
 
 HERE = Path(__file__).resolve().parent
 ROWS = ("default", "eq22", "eq23", "eq24", "eq23+24")
-
-
-def slug(label: str) -> str:
-    return label.replace("(", "-").replace(")", "").replace("[", "-").replace("]", "").replace("=", "")
 
 
 def main() -> None:
