@@ -415,7 +415,7 @@ def plot(rows: list[tuple[Point, dict]], f_front, c_front, h: dict, png: Path, a
     ax.set_title(f"{args.dataset} ({args.n_train} train), thesis CNN, finest grid {args.fine}; "
                  f"{args.trials} trial(s) per point", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="best")
     ratios = tta.matched_ratios([(s, a) for s, a in c_front], f_front)
     if ratios:
         ax2.plot([m["accuracy"] * 100 for m in ratios], [m["ratio"] for m in ratios], "o-", color="black")
