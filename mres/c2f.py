@@ -41,6 +41,7 @@ from .data import TensorData, iterate_batches, load_dataset, num_batches
 from .errors import DivergedError, Interrupted, UserError
 from .models import build_model
 from .recipe import CoarseToFineRecipe, TrainConfig, dump_yaml, parse_yaml, to_plain
+from .report import variant_dir_name
 from .distributed import agreed, alone, barrier, barrier_all, group, world
 from .train import (LRPlan, configure_runtime, console, evaluate, fit, json_safe, momentum_buffers, select_device,
                     save_checkpoint_main, trainable, write_metrics)
@@ -71,7 +72,7 @@ class Variant:
 
     @property
     def slug(self) -> str:
-        return self.label.replace("(", "-").replace(")", "").replace("[", "-").replace("]", "").replace("=", "")
+        return variant_dir_name(self.label)
 
     @property
     def needs_coarse(self) -> bool:

@@ -46,7 +46,8 @@ def _variant_dirs(run_dir: Path, trial: int) -> dict[str, Path]:
     return {p.name: p for p in sorted((run_dir / f"trial{trial}").iterdir()) if p.is_dir() and not p.name.startswith("coarse")}
 
 
-def _slug(label: str) -> str:
+def variant_dir_name(label: str) -> str:
+    """The run directory of a variant label, e.g. ``galerkin-reg(0.1)`` → ``galerkin-reg-0.1`` (one rule: c2f writes, report reads)."""
     return label.replace("(", "-").replace(")", "").replace("[", "-").replace("]", "").replace("=", "")
 
 
@@ -117,7 +118,7 @@ def _restricted_sections(run_dir: Path, summary: dict[str, Any]) -> list[Section
     cells: dict[tuple[str, str, int], list[float]] = {}
     for t in range(summary["trials"]):
         for label in summary["strategies"]:
-            f = run_dir / f"trial{t}" / _slug(label) / "restricted.json"
+            f = run_dir / f"trial{t}" / variant_dir_name(label) / "restricted.json"
             for row in json.loads(f.read_text()) if f.exists() else []:
                 cells.setdefault((label, row["rule"], row["resolution"]), []).append(row["test_acc"])
     if not cells:
@@ -469,7 +470,7 @@ def _convergence_figure(run_dir: Path, summary: dict[str, Any], out: Path) -> bo
     for label in summary["strategies"]:
         curves = []
         for t in range(summary["trials"]):
-            vdir = run_dir / f"trial{t}" / _slug(label)
+            vdir = run_dir / f"trial{t}" / variant_dir_name(label)
             rows: list[dict[str, Any]] = []
             for r in res[1:]:
                 rows += _load_metrics(vdir / f"fine-{r}" / "metrics.jsonl")
@@ -521,7 +522,7 @@ def _diagnostics_sections(run_dir: Path, summary: dict[str, Any], figs: Path) ->
         if s["strategy"] == "fresh":
             continue
         for r in res[1:]:
-            p = run_dir / "trial0" / _slug(label) / f"fine-{r}" / "diagnostics.json"
+            p = run_dir / "trial0" / variant_dir_name(label) / f"fine-{r}" / "diagnostics.json"
             if not p.exists():
                 continue
             d = json.loads(p.read_text())

@@ -487,12 +487,12 @@ def level_spectra(src: nn.Module, dst: nn.Module, src_resolution: int, dst_resol
             roots = polynomial_roots(lv.kinds, list(lv.coeffs)) if lv.coeffs else torch.zeros(0, dtype=torch.complex128)
             entry[side] = {"grid": n, "box": list(spectral_box(eigs)),
                            "roots": [[z.real, z.imag] for z in roots.tolist()],
-                           "roots_inside_box": int(sum(1 for z in roots.tolist() if _inside(z, spectral_box(eigs))))}
+                           "roots_inside_box": int(sum(1 for z in roots.tolist() if inside_box(z, spectral_box(eigs))))}
         out.append(entry)
     return out
 
 
-def _inside(z: complex, box: SpectralBox) -> bool:
+def inside_box(z: complex, box: SpectralBox) -> bool:
     # the box comes from float32 eigenvalues and the roots are often placed on its edge: a relative slack
     tol = 1e-5 * max(1.0, abs(box[0]), abs(box[1]), abs(box[2]), abs(box[3]))
     return box[0] - tol <= z.real <= box[1] + tol and box[2] - tol <= z.imag <= box[3] + tol

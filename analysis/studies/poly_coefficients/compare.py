@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mres.report import _slug as slug  # the run directory of a variant label
+from mres.report import variant_dir_name as slug
 from mres.stats import paired_test
-from mres.transfer import _inside
+from mres.transfer import inside_box
 
 HERE = Path(__file__).resolve().parent
 ROWS = ("default", "eq22", "eq23", "eq24", "eq23+24")
@@ -121,7 +121,7 @@ def _roots(run: Path, label: str) -> str:
     for lv in _levels(run, label):
         box = lv["dst"]["box"]
         roots = [complex(*z) for z in lv["dst"]["roots"]]
-        inside += sum(_inside(z, box) for z in roots)
+        inside += sum(inside_box(z, box) for z in roots)
         total += len(roots)
     return f"{inside}/{total}" if total else "—"
 
