@@ -48,6 +48,7 @@ from mres import tta
 from mres.c2f import CoarseToFine
 from mres.errors import UserError
 from mres.recipe import CoarseToFineRecipe, validate_recipe
+from mres.strategies import STRATEGIES
 from mres.train import configure_runtime, fit
 from mres.train import console as job_console
 
@@ -200,7 +201,7 @@ def _sessions(result: dict[str, Any], trials: int | None = None) -> list[str]:
 
 def _finest_seconds(pdir: Path, summary: dict[str, Any], label: str) -> list[float]:
     """Training seconds spent on the finest grid, per trial (from the phases' results)."""
-    from mres.c2f import Variant
+    from mres.strategies import Variant
 
     s = summary["strategies"][label]
     slug = Variant(s["strategy"], s["lam"], s["policy"]).slug
@@ -250,6 +251,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.dataset == "npz" and not args.path:
         ap.error("--dataset npz needs --path F.npz")
+    transfers = [n for n, s in STRATEGIES.items() if s.needs_coarse]  # the c2f front's strategies: mres's table
+    if bad := [s for s in args.strategies if s not in transfers]:
+        ap.error(f"--strategies {','.join(bad)}: allowed {', '.join(transfers)}")
     args.n_train = args.n_train or (10000 if args.quick else 20000)
     args.n_test = args.n_test or (2000 if args.quick else 5000)
     args.fine_budgets = args.fine_budgets or ([1, 2, 4] if args.quick else [1, 2, 3, 4, 6, 8])

@@ -330,7 +330,7 @@ def coarse_to_fine_checkpoints(rec: Any, run_dir: Path) -> list[tuple[str, Path]
     """
     import json
 
-    from .c2f import Variant
+    from .strategies import Variant
 
     t = run_dir / f"trial{rec.analysis.trial}"
     res = rec.resolutions

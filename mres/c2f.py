@@ -23,11 +23,8 @@ Run directory::
 from __future__ import annotations
 
 import json
-import math
-import os
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,130 +32,31 @@ import torch
 import torch.nn as nn
 from rich.markup import escape
 
-from . import stats, tta
-from .checkpoint import load_checkpoint
-from .data import TensorData, iterate_batches, load_dataset, num_batches
-from .errors import DivergedError, Interrupted, UserError
-from .models import build_model
-from .recipe import CoarseToFineRecipe, TrainConfig, dump_yaml, parse_yaml, to_plain
-from .report import variant_dir_name
+from .checkpoint import atomic_write, load_checkpoint
+from .data import TensorData, iterate_batches, load_dataset
 from .distributed import agreed, alone, barrier, barrier_all, group, world
+from .errors import DivergedError, Interrupted, UserError
+from .hooks import CarryMomentum, FitHook
+from .models import build_model
+from .phases import (Phase, budget_matched_epochs, check_phase, lr_plans, phase_config,  # noqa: F401 (public here)
+                     pixel_work, plan_phases)
+from .recipe import CoarseToFineRecipe, TrainConfig, dump_yaml, parse_yaml, to_plain
+from .strategies import Variant, variants as strategy_variants
+from .summary import is_collapsed, summarize  # noqa: F401 (public here)
 from .train import (LRPlan, configure_runtime, console, evaluate, fit, json_safe, momentum_buffers, select_device,
                     save_checkpoint_main, trainable, write_metrics)
 from .transfer import function_preservation, level_spectra, recalibrate_bn, transfer_like_weights, transfer_weights
 
-BASELINES = ("fresh", "fine-only", "joint")  # trained at the finest grid only, without the coarse model
-START = {"mgopt": "transfer"}  # variants that start as another strategy's transfer, then train differently
-COLLAPSE_DROP = 0.20  # final test accuracy this far below the accuracy at transfer: collapsed
-COLLAPSE_MARGIN = 0.05  # ... or within this of chance
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One way of reaching the finest grid: a strategy (+ lam, + coefficient policy)."""
-
-    strategy: str
-    lam: float = 0.0
-    policy: str = "keep"
-
-    @property
-    def label(self) -> str:
-        s = self.strategy
-        if self.strategy == "galerkin-reg":
-            s += f"(lam={self.lam:g})"
-        if self.policy != "keep":
-            s += f"[{self.policy}]"
-        return s
-
-    @property
-    def slug(self) -> str:
-        return variant_dir_name(self.label)
-
-    @property
-    def needs_coarse(self) -> bool:
-        return self.strategy not in BASELINES
-
 
 def variants(recipe: CoarseToFineRecipe, has_coefficients: bool) -> list[Variant]:
-    policies = recipe.coefficient_policies if has_coefficients else ["keep"]
-    out: list[Variant] = []
-    for s in recipe.strategies:
-        if s in BASELINES:
-            out.append(Variant(s))
-            continue
-        for lam in (recipe.lams if s == "galerkin-reg" else [0.0]):
-            for pol in policies:
-                out.append(Variant(s, lam, pol))
-    return out
+    """The recipe's variants (mres.strategies.variants): coefficient policies only for Poly-MgNet."""
+    return strategy_variants(recipe.strategies, recipe.lams, recipe.coefficient_policies if has_coefficients else ["keep"])
 
 
 def _has_coefficients(model: nn.Module) -> bool:
     """Polynomial smoother coefficients that the coefficient policies act on (Poly-MgNet)."""
     levels = getattr(model, "smoothing_levels", None)
     return callable(levels) and any(lvl.coeffs for lvl in levels())
-
-
-# ----------------------------------------------------------------------------- phases and lr plans
-@dataclass(frozen=True)
-class Phase:
-    """One grid of the cascade: its resolution, its resolved train block and its training examples."""
-
-    resolution: int
-    cfg: TrainConfig
-    n_train: int
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return num_batches(self.n_train, self.cfg.batch_size)
-
-    @property
-    def steps(self) -> int:
-        return self.steps_per_epoch * self.cfg.epochs
-
-
-def plan_phases(recipe: CoarseToFineRecipe, n_available: int) -> list[Phase]:
-    """The phases of a coarse-to-fine variant: epochs per grid, and with ``coarse_batch_scaling`` the
-    batch and lr of every coarser grid × (finest / grid)² (batch × pixels constant, lr linear in batch)."""
-    finest = recipe.resolutions[-1]
-    out = []
-    for g, (res, epochs) in enumerate(zip(recipe.resolutions, recipe.grid_epochs())):
-        block = recipe.coarse if g == 0 else recipe.fine
-        subset = recipe.coarse_subset if g == 0 else recipe.fine_subset
-        update: dict[str, Any] = {"epochs": epochs}
-        n = min(subset or n_available, n_available)
-        if recipe.coarse_batch_scaling and res < finest:
-            batch = min(block.batch_size * (finest // res) ** 2, n)  # a batch cannot exceed the examples
-            update["batch_size"] = batch
-            update["optimizer"] = block.optimizer.model_copy(update={"lr": block.optimizer.lr * batch / block.batch_size})
-        out.append(Phase(res, block.model_copy(update=update), n))
-    return out
-
-
-def lr_plans(phases: list[Phase], scope: str) -> list[LRPlan]:
-    """Each phase's place in the lr schedule: its own (``phase``) or one plan over all (``run``)."""
-    if scope == "phase":
-        return [LRPlan.for_phase(p.cfg.schedule, p.steps_per_epoch, p.cfg.epochs) for p in phases]
-    shape = phases[0].cfg.schedule
-    total = sum(p.steps for p in phases)
-    warmup = int(shape.warmup_epochs * phases[0].steps_per_epoch)
-    plans, offset, epochs = [], 0, 0
-    for i, p in enumerate(phases):
-        restart = 0 if i == 0 else int(p.cfg.schedule.warmup_epochs * p.steps_per_epoch)
-        plans.append(LRPlan(shape, max(1, total), p.steps_per_epoch, offset, epochs, warmup, restart))
-        offset, epochs = offset + p.steps, epochs + p.cfg.epochs
-    return plans
-
-
-def pixel_work(phases: list[Phase]) -> float:
-    """Training passes of every phase in finest-grid images (an image at grid r costs (r/finest)²)."""
-    finest = phases[-1].resolution
-    return sum(p.cfg.epochs * p.n_train * (p.resolution / finest) ** 2 for p in phases)
-
-
-def budget_matched_epochs(phases: list[Phase], n_train: int) -> int:
-    """The whole number of epochs at the finest grid on ``n_train`` examples closest to the pixel work
-    of every phase (halves round up; at least 1)."""
-    return max(1, math.floor(pixel_work(phases) / max(1, n_train) + 0.5))
 
 
 # ----------------------------------------------------------------------------- the job
@@ -193,10 +91,8 @@ class CoarseToFine:
                 "phase": phase, "normalization": {"mean": list(self.data.mean), "std": list(self.data.std)}}
 
     def _train_phase(self, phase_dir: Path, model: nn.Module, data: TensorData, cfg: TrainConfig, seed: int,
-                     label: str, resolution: int, plan: LRPlan | None = None,
-                     momentum: dict[str, torch.Tensor] | None = None,
-                     stage: dict[str, Any] | None = None, corrector: Any = None,
-                     extra_loss: Any = None) -> dict[str, Any]:
+                     label: str, resolution: int, plan: LRPlan | None = None, hooks: tuple[FitHook, ...] = (),
+                     stage: dict[str, Any] | None = None) -> dict[str, Any]:
         """Train one phase, resumably; returns its result (metrics, seconds, train_seconds, diverged)."""
         if cfg.stages:
             return self._train_stages(phase_dir, model, data, cfg, seed, label, resolution)
@@ -205,13 +101,13 @@ class CoarseToFine:
         config = phase_config(cfg, plan)
         if result_path.exists():  # finished before: reuse, if it was trained as this recipe asks
             result = json.loads(result_path.read_text())
-            _check_phase(phase_dir, result.get("config"), config, finished=True)
+            check_phase(phase_dir, result.get("config"), config, finished=True)
             if not result.get("diverged") and ckpt.exists():
                 model.load_state_dict(load_checkpoint(ckpt)["model"])
             return result
         state = load_checkpoint(ckpt) if ckpt.exists() else None
         if state is not None:
-            _check_phase(phase_dir, state.get("phase_config"), config, finished=False)
+            check_phase(phase_dir, state.get("phase_config"), config, finished=False)
         self.current = phase_dir
         diverged = None
         try:
@@ -220,7 +116,7 @@ class CoarseToFine:
                           extra={**self._extra(resolution, label), "phase_config": config,
                                  **({"stage": stage} if stage else {})},
                           resume=state, label=label, eval_train=self.recipe.eval_train, progress=self.progress,
-                          lr_plan=plan, momentum=momentum, corrector=corrector, extra_loss=extra_loss)
+                          lr_plan=plan, hooks=hooks)
         except DivergedError as exc:
             console.print(f"[yellow]diverged:[/] {escape(str(exc))}")
             diverged = {"epoch": exc.epoch, "step": exc.step, "message": str(exc)}
@@ -246,7 +142,7 @@ class CoarseToFine:
         config = phase_config(cfg, None)
         if result_path.exists():
             result = json.loads(result_path.read_text())
-            _check_phase(phase_dir, result.get("config"), config, finished=True)
+            check_phase(phase_dir, result.get("config"), config, finished=True)
             if not result.get("diverged") and ckpt.exists():
                 model.load_state_dict(load_checkpoint(ckpt)["model"])
             return result
@@ -313,8 +209,9 @@ class CoarseToFine:
         if r.epochs_per_grid is not None and {"epochs"} & (r.coarse.model_fields_set | r.fine.model_fields_set):
             console.print(f"note: epochs_per_grid {r.epochs_per_grid} replaces coarse.epochs ({r.coarse.epochs}) "
                           f"and fine.epochs ({r.fine.epochs})")
-        if any(v.strategy == "fine-only" for v in vs):
-            console.print(f"fine-only: {fine_only_epochs} epochs at {phases[-1].resolution}×{phases[-1].resolution} "
+        budget = [v.label for v in vs if v.record.trains_on == "budget"]
+        if budget:
+            console.print(f"{', '.join(budget)}: {fine_only_epochs} epochs at {phases[-1].resolution}×{phases[-1].resolution} "
                           f"on {phases[0].n_train} examples"
                           + (f" (budget-matched: {fine_only_epochs * phases[0].n_train:,} finest-grid image passes "
                              f"against coarse + fine's {pixel_work(phases):,.0f})" if r.fine_only.epochs is None else ""))
@@ -403,10 +300,11 @@ class CoarseToFine:
             out["skipped"] = f"coarse phase diverged (epoch {cres['diverged']['epoch']}): nothing to transfer"
             console.print(f"[yellow]skipped:[/] t{trial} {escape(v.label)}: {out['skipped']}")
             return out
-        if v.strategy == "fresh":  # the thesis baseline: the fine phase's epochs and examples, new weights
+        rec = v.record
+        if rec.trains_on == "fine-subset":  # the thesis baseline: the fine phase's epochs and examples, new weights
             model = self._build(finest.resolution, seed + 1)
             steps = [(finest, None, self._phase_data(finest.resolution, r.fine_subset, seed + 7), seed + 11)]
-        elif v.strategy in ("fine-only", "joint"):  # budget-matched: the coarse phase's examples at the finest grid
+        elif rec.trains_on == "budget":  # budget-matched: the coarse phase's examples at the finest grid
             model = self._build(finest.resolution, seed + 1)
             cfg = TrainConfig.model_validate({**r.fine_only.model_dump(), "epochs": fine_only_epochs})
             data = self._phase_data(finest.resolution, r.coarse_subset, seed)
@@ -422,20 +320,20 @@ class CoarseToFine:
             res = phase.resolution
             pdir = vdir / f"fine-{res}"
             entry: dict[str, Any] = {"resolution": res}
-            momentum = None
-            if v.needs_coarse:
+            hooks: list[FitHook] = []
+            if rec.needs_coarse:
                 src = model
                 model = self._build(res, seed + 1)  # fresh init; overwritten by the transfer
                 buffers = self._momentum(src, src_dir) if r.carry_optimizer else None  # disk: not counted
                 _sync(self.device)
                 t0 = time.perf_counter()
-                diags = transfer_weights(src, model, START.get(v.strategy, v.strategy), r.family, v.lam, "prolongate",
+                diags = transfer_weights(src, model, rec.start, r.family, v.lam, "prolongate",
                                          coefficient_policy=v.policy)
                 if r.bn_recalibrate:
                     g = torch.Generator().manual_seed(seed)
                     recalibrate_bn(model, (xb for xb, _ in iterate_batches(data.x_train, data.y_train, 256, g)))
-                if buffers is not None:
-                    momentum = transfer_like_weights(src, model, buffers, v.strategy, r.family, v.lam)
+                if buffers is not None:  # momentum moves by the weights' rule
+                    hooks.append(CarryMomentum(transfer_like_weights(src, model, buffers, rec.start, r.family, v.lam)))
                 _sync(self.device)
                 entry["transfer_seconds"] = time.perf_counter() - t0  # counted: the method needs it
                 fp = function_preservation(src, model, data.x_test[:256], r.family)  # monitoring: not counted
@@ -452,13 +350,13 @@ class CoarseToFine:
             te_loss, te_acc = evaluate(model, data.x_test, data.y_test)
             entry["at_transfer"] = {"train_loss": tr_loss, "train_acc": tr_acc, "test_loss": te_loss,
                                     "test_acc": te_acc}
-            corrector = self._corrector(v, data, phases, res, seed) if v.strategy == "mgopt" else None
-            joint = self._joint(data, phases, res, seed) if v.strategy == "joint" else None
+            hooks += [HOOKS[name](self, data, phases, res, seed) for name in rec.hooks]
             result = self._train_phase(pdir, model, data, phase.cfg, fit_seed, f"t{trial} {v.label} {res}", res,
-                                       plan, momentum, corrector=corrector, extra_loss=joint)
-            if corrector is not None and corrector.alphas:  # this session's cycles (a resumed phase: since then)
-                result["mgopt_alphas"] = corrector.alphas
-                _write_json(pdir / "mgopt.json", {"alphas": corrector.alphas, "every": corrector.every})
+                                       plan, tuple(hooks))
+            for h in hooks:  # what a hook logged this session (a resumed phase: since then)
+                result.update(h.record())
+                for name, obj in h.files().items():
+                    _write_json(pdir / name, obj)
             entry.update(result)
             if "diagnostics" in entry:
                 _write_json(pdir / "diagnostics.json", entry["diagnostics"])
@@ -472,7 +370,7 @@ class CoarseToFine:
             self._restricted(vdir, model, phases, seed)
         return out
 
-    def _corrector(self, v: Variant, data: TensorData, phases: list[Phase], res: int, seed: int) -> Any:
+    def _corrector(self, data: TensorData, phases: list[Phase], res: int, seed: int) -> FitHook:
         """MG/OPT corrections for a fine phase at grid ``res``: the coarser grids' models as templates."""
         from .multilevel import CycleConfig, Corrector
 
@@ -483,7 +381,7 @@ class CoarseToFine:
                           line_search=m.line_search)
         return Corrector(levels, data.x_train, data.y_train, self.recipe.family, m.every, m.tau_batch, cfg, seed)
 
-    def _joint(self, data: TensorData, phases: list[Phase], res: int, seed: int) -> Any:
+    def _joint(self, data: TensorData, phases: list[Phase], res: int, seed: int) -> FitHook:
         """The joint variant's coarse terms: every coarser grid of the cascade, tied to the finest weights."""
         from .multilevel import JointTerm
 
@@ -545,45 +443,8 @@ class CoarseToFine:
         return momentum_buffers(src, load_checkpoint(ck)["optimizer"]) if ck.exists() else {}
 
 
-def phase_config(cfg: TrainConfig, plan: LRPlan | None) -> dict[str, Any]:
-    """What a phase was trained with: its train block and its place in the lr plan (plain JSON)."""
-    out: dict[str, Any] = {"train": cfg.model_dump(mode="json")}
-    if plan is not None:
-        out["lr_plan"] = {"total": plan.total, "offset": plan.offset, "warmup": plan.warmup,
-                          "restart_warmup": plan.restart_warmup, "schedule": plan.schedule.model_dump(mode="json")}
-    return out
-
-
-def _check_phase(phase_dir: Path, saved: dict[str, Any] | None, now: dict[str, Any], finished: bool) -> None:
-    """A finished phase is reused only if trained as the recipe asks now; an unfinished one may only
-    change its epochs (its lr plan may then change: a warning, as for ``mres train --resume``)."""
-    if saved is None:  # written before phases recorded their settings
-        return
-    # a setting added to mres after the phase was trained counts as its default (what it was trained with)
-    defaults = TrainConfig().model_dump(mode="json")
-    saved = {**saved, "train": {**{k: v for k, v in defaults.items() if k not in saved.get("train", {})},
-                                **saved.get("train", {})}}
-    if finished and saved != now:
-        diff = _config_diff(saved, now)
-        raise UserError(f"{phase_dir} was trained with {diff}; a finished phase is reused only as it was "
-                        "trained. Resume with the run's own settings, or start a new run with --out")
-    if not finished:
-        a = {**saved, "train": {k: v for k, v in saved["train"].items() if k != "epochs"}}
-        b = {**now, "train": {k: v for k, v in now["train"].items() if k != "epochs"}}
-        a.pop("lr_plan", None), b.pop("lr_plan", None)
-        if a != b:
-            raise UserError(f"{phase_dir} was started with {_config_diff(saved, now)}; only its epochs may change "
-                            "on --resume. Resume with the run's own settings, or start a new run with --out")
-        if saved.get("lr_plan") != now.get("lr_plan"):
-            console.print(f"[yellow]note:[/] {escape(str(phase_dir))} continues under a changed lr plan "
-                          f"({escape(_config_diff(saved, now))})")
-
-
-def _config_diff(a: Any, b: Any, path: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        parts = [_config_diff(a.get(k), b.get(k), f"{path}.{k}" if path else k) for k in dict.fromkeys([*a, *b])]
-        return "; ".join(p for p in parts if p)
-    return "" if a == b else f"{path} {a!r} (the recipe now: {b!r})"
+# the fit hooks a strategy's record names (mres.strategies), built per fine phase
+HOOKS = {"mgopt-corrections": CoarseToFine._corrector, "joint-loss": CoarseToFine._joint}
 
 
 def _chance(data: TensorData) -> float:
@@ -601,149 +462,8 @@ def _sync(device: torch.device) -> None:
 def _write_json(path: Path, obj: Any) -> None:
     """Atomic JSON; under torchrun rank 0 writes and every rank waits for it."""
     if world().main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(json_safe(obj), indent=1, default=float, allow_nan=False))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(json_safe(obj), indent=1, default=float, allow_nan=False).encode())
     barrier()
-
-
-# ----------------------------------------------------------------------------- summary.json
-def variant_curve(v: Variant, trial: dict[str, Any], coarse_resolution: int) -> list[dict[str, Any]]:
-    """Test accuracy against cumulative training seconds (coarse phase, transfers, fine epochs)."""
-    points: list[dict[str, Any]] = []
-    seconds = 0.0
-    cres = trial.get("coarse")
-    if v.needs_coarse and cres:
-        res0 = cres.get("resolution", coarse_resolution)
-        for m in cres["metrics"]:
-            seconds += m.get("train_seconds") or 0.0
-            points.append({"seconds": seconds, "test_acc": m.get("test_acc"), "resolution": res0, "phase": "coarse"})
-    for ph in trial["variants"][v.label]["phases"]:
-        seconds += ph.get("transfer_seconds", 0.0)
-        points.append({"seconds": seconds, "test_acc": ph["at_transfer"]["test_acc"], "resolution": ph["resolution"],
-                       "phase": "start"})
-        for m in ph.get("metrics", []):
-            seconds += m.get("train_seconds") or 0.0
-            points.append({"seconds": seconds, "test_acc": m.get("test_acc"), "resolution": ph["resolution"],
-                           "phase": f"fine-{ph['resolution']}"})
-    return points
-
-
-def stage_accuracies(phase: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per stage of a staged phase: training/test accuracy at its start (before its first step), after
-    its first epoch (the thesis's "Initial") and at its end ("After") — thesis Table 4.3."""
-    out, start = [], {"train": phase["at_transfer"]["train_acc"], "test": phase["at_transfer"]["test_acc"]}
-    for st in phase["stages"]:
-        rows = [m for m in phase["metrics"] if m.get("stage") == st["stage"]]
-        pick = (lambda m: {"train": m.get("train_eval_acc"), "test": m.get("test_acc")})  # noqa: E731
-        entry = {"stage": st["stage"], "params": st["params"], "optimizer": st["optimizer"], "epochs": st["epochs"],
-                 "start": start, "initial": pick(rows[0]) if rows else None,
-                 "end": pick(rows[-1]) if rows and not st.get("diverged") else None}
-        out.append(entry)
-        start = entry["end"] or {"train": None, "test": None}
-    return out
-
-
-def is_collapsed(acc_final: float | None, acc_at_transfer: float | None, chance: float) -> bool:
-    """At chance after fine training, or far below the accuracy right after the transfer (DESIGN §9)."""
-    if acc_final is None or not math.isfinite(acc_final):
-        return False  # no final accuracy: diverged or skipped, reported as such
-    if acc_final <= chance + COLLAPSE_MARGIN:
-        return True
-    return acc_at_transfer is not None and math.isfinite(acc_at_transfer) and acc_at_transfer - acc_final > COLLAPSE_DROP
-
-
-def summarize(recipe: CoarseToFineRecipe, vs: list[Variant], trials: list[dict[str, Any]], chance: float = 0.1,
-              fine_only_epochs: int | None = None) -> dict[str, Any]:
-    """Per variant, lists over trials (test accuracies in [0, 1], seconds), curves, time to accuracy,
-    collapse flags and paired statistics — summary.json."""
-    finest = recipe.resolutions[-1]
-    strategies: dict[str, Any] = {}
-    for v in vs:
-        keys = ("acc_at_transfer", "acc_after_first_epoch", "acc_final", "train_acc_at_transfer",
-                "train_acc_after_first_epoch", "train_acc_final", "seconds", "train_seconds", "coarse_seconds",
-                "transfer_seconds", "fine_seconds", "diverged", "collapsed", "skipped", "curve", "stages")
-        rows: dict[str, list[Any]] = {k: [] for k in keys}
-        for t in trials:
-            e = t["variants"][v.label]
-            div = e.get("diverged")
-            cres = t.get("coarse") if v.needs_coarse else None
-            coarse_s = cres["seconds"] if cres else 0.0
-            coarse_train_s = cres.get("train_seconds", 0.0) if cres else 0.0
-            fine_s = sum(p.get("seconds", 0.0) for p in e["phases"])
-            fine_train_s = sum(p.get("train_seconds", 0.0) for p in e["phases"])
-            trans_s = sum(p.get("transfer_seconds", 0.0) for p in e["phases"])
-            last = e["phases"][-1] if e["phases"] else None
-            m = last["metrics"] if last else []
-            ok = bool(m) and not div
-            at = last["at_transfer"]["test_acc"] if last else None
-            final = m[-1]["test_acc"] if ok else None
-            rows["acc_at_transfer"].append(at)
-            rows["train_acc_at_transfer"].append(last["at_transfer"]["train_acc"] if last else None)
-            rows["acc_after_first_epoch"].append(m[0]["test_acc"] if m else None)
-            rows["train_acc_after_first_epoch"].append(m[0].get("train_eval_acc") if m else None)
-            rows["acc_final"].append(final)
-            rows["train_acc_final"].append(m[-1].get("train_eval_acc") if ok else None)
-            rows["coarse_seconds"].append(coarse_s)
-            rows["transfer_seconds"].append(trans_s)
-            rows["fine_seconds"].append(fine_s)
-            rows["seconds"].append(coarse_s + trans_s + fine_s)
-            rows["train_seconds"].append(coarse_train_s + trans_s + fine_train_s)
-            rows["diverged"].append(bool(div))
-            rows["skipped"].append(e.get("skipped"))
-            rows["collapsed"].append(is_collapsed(final, at if v.strategy not in BASELINES else None, chance))
-            rows["curve"].append(variant_curve(v, t, recipe.resolutions[0]))
-            rows["stages"].append(stage_accuracies(last) if last and last.get("stages") else None)
-        strategies[v.label] = {"strategy": v.strategy, "lam": v.lam, "policy": v.policy, **rows}
-    baseline = next((b for b in ("fine-only", "fresh") if b in strategies), None)
-    summary = {"recipe": to_plain(recipe), "resolutions": recipe.resolutions, "trials": len(trials),
-               "chance": chance, "baseline": baseline, "fine_only_epochs": fine_only_epochs,
-               "strategies": strategies}
-    summary["time_to_accuracy"] = time_to_accuracy(strategies, baseline, finest)
-    summary["statistics"] = statistics(strategies, baseline)
-    return summary
-
-
-def time_to_accuracy(strategies: dict[str, Any], baseline: str | None, finest: int) -> dict[str, Any]:
-    """Training seconds until each variant's test accuracy at the finest grid first reached a, for a =
-    the baseline's mean final accuracy and 1 and 2 points below it, with the speedup over the baseline."""
-    if baseline is None:
-        return {}
-    target = stats.mean_ci(strategies[baseline]["acc_final"])["mean"]
-    if target is None:
-        return {"baseline": baseline, "levels": [], "variants": {}}
-    levels = [target, target - 0.01, target - 0.02]
-    out: dict[str, Any] = {"baseline": baseline, "levels": levels, "granularity": "epoch", "variants": {}}
-    base_times = [[tta.seconds_to(c, a, finest) for c in strategies[baseline]["curve"]] for a in levels]
-    for label, s in strategies.items():
-        per_level = []
-        for a, base in zip(levels, base_times):
-            times = [tta.seconds_to(c, a, finest) for c in s["curve"]]
-            reached = [t for t in times if t is not None]
-            # paired: the trials in which both the variant and the baseline reached a
-            both = [(t, b) for t, b in zip(times, base) if t is not None and b is not None]
-            speedup = (sum(b for _, b in both) / sum(t for t, _ in both)) if both and all(t > 0 for t, _ in both) \
-                else None
-            per_level.append({"accuracy": a, "seconds": times, "reached": len(reached),
-                              "mean_seconds": sum(reached) / len(reached) if reached else None,
-                              "speedup": speedup, "speedup_trials": len(both)})
-        out["variants"][label] = per_level
-    return out
-
-
-def statistics(strategies: dict[str, Any], baseline: str | None) -> dict[str, Any]:
-    """Per variant: the final accuracy's mean, std and 95 % CI, and paired tests against ``transfer``
-    and against the baseline (every trial shares the coarse model, data order and seeds)."""
-    out: dict[str, Any] = {}
-    refs = [r for r in dict.fromkeys(["transfer", baseline]) if r in strategies]
-    for label, s in strategies.items():
-        entry: dict[str, Any] = {"acc_final": stats.mean_ci(s["acc_final"]), "vs": {}}
-        for ref in refs:
-            if ref != label:
-                entry["vs"][ref] = stats.paired_test(s["acc_final"], strategies[ref]["acc_final"])
-        out[label] = entry
-    return out
 
 
 def run_coarse_to_fine(recipe: CoarseToFineRecipe, run_dir: Path, progress: bool = True) -> dict[str, Any]:

@@ -51,9 +51,20 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     buf = io.BytesIO()
     torch.save(payload, buf)
     remove_stale_temps(path)
+    return atomic_write(path, buf.getbuffer(), "checkpoint")
+
+
+def atomic_write(path: str | Path, data: bytes | memoryview, what: str = "file") -> Path:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never a part: a temp
+    file in the same folder, fsync, rename, fsync the folder. A full disk raises ``OSError(ENOSPC)``
+    naming the path and the size, the old file untouched; a killed writer leaves only ``.name.*.tmp``
+    (:func:`remove_stale_temps`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    view = memoryview(data)
+    size = view.nbytes
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        view = memoryview(buf.getbuffer())
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
@@ -72,8 +83,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
             os.unlink(tmp)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             kept = f"; {path} is kept as it was" if path.exists() else ""
-            raise OSError(errno.ENOSPC, f"no space left on {path.parent} (writing a {buf.tell() / 1e6:.1f} MB "
-                                        f"checkpoint){kept}", str(path)) from None
+            raise OSError(errno.ENOSPC, f"no space left on {path.parent} (writing a {size / 1e6:.1f} MB "
+                                        f"{what}){kept}", str(path)) from None
         raise
     return path
 

@@ -29,9 +29,9 @@ Both give the same surface up to floating-point reassociation.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
-import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpoint import atomic_write
 from .errors import UserError
 
 DIRECTIONS_FORMAT = "mres-directions/1"
@@ -162,10 +163,9 @@ class DirectionSet:
             "labels": [label for label, _ in normalized],
             "normalized": [[{k: v.cpu() for k, v in d.items()} for d in dirs] for _, dirs in normalized],
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-        return path
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        return atomic_write(path, buf.getbuffer(), "directions file")
 
     @classmethod
     def load(cls, path: str | Path) -> "DirectionSet":
@@ -438,10 +438,9 @@ class LandscapeResult:
 
 
 def _savez_atomic(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getbuffer(), "landscape")
 
 
 def compute_landscape(jobs: Sequence[SliceJob], xs: np.ndarray, ys: np.ndarray | None = None, *,

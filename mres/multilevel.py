@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from .data import restrict_to
+from .hooks import FitHook
 from .transfer import move_tensors
 
 Weights = dict[str, torch.Tensor]
@@ -227,13 +229,19 @@ def joint_loss(levels: Sequence[nn.Module], w: Weights, xs: Sequence[torch.Tenso
     return sum(c * batch_loss(m, wl, xb, yb) for m, wl, xb, yb, c in zip(levels, tied, xs, ys, weights))
 
 
-# ----------------------------------------------------------------------------- in the training loop
-class Corrector:
+# ----------------------------------------------------------------------------- in the training loop (fit hooks)
+DATA_PARALLEL_REFUSAL = ("the mgopt and joint variants do not run data-parallel (their coarse levels are not "
+                         "sharded); under torchrun use parallel: variants")
+
+
+class Corrector(FitHook):
     """MG/OPT coarse corrections inside a training run: every ``every`` optimizer steps of the fine
     optimizer (they are the smoothing), one cycle's coarse correction on a fresh τ batch of
     ``tau_batch`` training examples (drawn from a seed and the step, so a resumed run draws the same),
     accepted by the Armijo search. BN running statistics touched by the cycle's forwards are put back.
     ``alphas`` logs each accepted step (0: refused)."""
+
+    data_parallel, refusal = False, DATA_PARALLEL_REFUSAL
 
     def __init__(self, coarse_levels: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, family: str,
                  every: int, tau_batch: int, cfg: CycleConfig, seed: int = 0):
@@ -242,7 +250,7 @@ class Corrector:
         self.cfg = CycleConfig(**{**cfg.__dict__, "pre": 0, "post": 0})  # the loop's own steps smooth
         self.alphas: list[float] = []
 
-    def __call__(self, model: nn.Module, step: int) -> None:
+    def after_step(self, model: nn.Module, step: int) -> None:
         if (step + 1) % self.every:
             return
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
@@ -259,19 +267,27 @@ class Corrector:
                 b.copy_(buffers[k])
         self.alphas.append(log.alpha[0])
 
+    def record(self) -> dict[str, Any]:
+        return {"mgopt_alphas": self.alphas} if self.alphas else {}
 
-class JointTerm:
+    def files(self) -> dict[str, Any]:
+        return {"mgopt.json": {"alphas": self.alphas, "every": self.every}} if self.alphas else {}
+
+
+class JointTerm(FitHook):
     """Joint multiscale training (MGE-style, with the exact tie): the coarse levels' loss added to each
     training step's, Σ_{ℓ≥1} c_ℓ L(model_ℓ(R^ℓ x_ℓ), y_ℓ) with the coarse weights a differentiable function of
     the fine ones (:func:`tied_weights`). Level ℓ's batch has ``batch_scale[ℓ]`` × the step's rows (a coarse
     image costs 4^-ℓ of a fine one): the step's batch first, then examples drawn from a seed and the step."""
+
+    data_parallel, refusal = False, DATA_PARALLEL_REFUSAL
 
     def __init__(self, coarse_levels: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, family: str,
                  tie: str, weights: Sequence[float], batch_scale: Sequence[int], seed: int = 0):
         self.levels, self.x, self.y, self.family, self.tie = list(coarse_levels), x, y, family, tie
         self.weights, self.batch_scale, self.seed = list(weights), list(batch_scale), seed
 
-    def __call__(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, step: int) -> torch.Tensor:
+    def extra_loss(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, step: int) -> torch.Tensor:
         levels = [model, *self.levels]
         tied = tied_weights(levels, dict(model.named_parameters()), self.family, self.tie)
         total = torch.zeros((), device=xb.device)

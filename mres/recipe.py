@@ -17,13 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
-
-DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "npz", "synthetic")
-SCHEDULES = ("constant", "step", "cosine", "one-cycle", "linear-to-zero", "inverse-sqrt")
-STRATEGIES = ("fresh", "fine-only", "transfer", "galerkin", "galerkin-reg")
-SCHEDULE_SCOPES = ("phase", "run")
-FAMILIES = ("average-constant", "average-bilinear", "fullweighting-linear")
-COEFFICIENT_POLICIES = ("keep", "rescale", "respectral")
+from .strategies import DEFAULTS as DEFAULT_STRATEGIES, NAMES as STRATEGY_NAMES, STRATEGIES
 
 
 class Strict(BaseModel):
@@ -294,8 +288,9 @@ class FineOnlyConfig(TrainConfig):
 class CoarseToFineRecipe(RecipeBase):
     resolutions: list[int] = Field([14, 28], min_length=2, description="coarse to fine, each twice the last")
     family: Literal["average-constant", "average-bilinear", "fullweighting-linear"] = "average-bilinear"
-    strategies: list[Literal["fresh", "fine-only", "transfer", "galerkin", "galerkin-reg", "mgopt", "joint"]] = [
-        "fresh", "fine-only", "transfer", "galerkin", "galerkin-reg"]
+    strategies: list[Literal[STRATEGY_NAMES]] = Field(  # type: ignore[valid-type]  (the table's names)
+        list(DEFAULT_STRATEGIES), description="mres.strategies: " + "; ".join(
+            f"{n}: {s.about}" for n, s in STRATEGIES.items()))
     lams: list[float] = Field([0.1], description="galerkin-reg regularisation weights (one run each)")
     coefficient_policies: list[Literal["keep", "rescale", "respectral"]] = ["keep"]
     coarse: TrainConfig = TrainConfig()
@@ -375,11 +370,11 @@ class CoarseToFineRecipe(RecipeBase):
                              f"entries; resolutions {self.resolutions} need {len(self.resolutions)}"))
         else:
             epochs = self.grid_epochs()
-            transfers = any(s not in ("fresh", "fine-only") for s in self.strategies)
+            transfers = any(STRATEGIES[s].needs_coarse for s in self.strategies)
             if epochs[0] < 1 and transfers:
                 problems.append((key or "coarse.epochs", f"{epochs[0]} epochs at the coarsest grid: a transfer "
                                  "needs a trained coarse model (at least 1 epoch)"))
-            if epochs[-1] < 1 and any(s != "fine-only" for s in self.strategies):
+            if epochs[-1] < 1 and any(STRATEGIES[s].trains_on != "budget" for s in self.strategies):
                 problems.append((key or "fine.epochs", f"{epochs[-1]} epochs at the finest grid: the variants "
                                  "need at least 1 epoch there to have a final accuracy"))
         if self.schedule_scope == "run":

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
+from .strategies import PAIRED_REFERENCE, STRATEGIES, variant_dir_name  # noqa: F401 (variant_dir_name: public here)
 
 Section = tuple  # ("h1"|"h2"|"p"|"table"|"img", ...)
 
@@ -44,11 +45,6 @@ def _load_metrics(path: Path) -> list[dict[str, Any]]:
 
 def _variant_dirs(run_dir: Path, trial: int) -> dict[str, Path]:
     return {p.name: p for p in sorted((run_dir / f"trial{trial}").iterdir()) if p.is_dir() and not p.name.startswith("coarse")}
-
-
-def variant_dir_name(label: str) -> str:
-    """The run directory of a variant label, e.g. ``galerkin-reg(0.1)`` → ``galerkin-reg-0.1`` (one rule: c2f writes, report reads)."""
-    return label.replace("(", "-").replace(")", "").replace("[", "-").replace("]", "").replace("=", "")
 
 
 def write_report(run_dir: Path) -> Path:
@@ -215,19 +211,21 @@ def _baseline_sections(summary: dict[str, Any]) -> list[Section]:
     """Which baseline is which (DESIGN §9)."""
     rec, strategies = summary["recipe"], summary["strategies"]
     parts = []
-    if "fine-only" in strategies:
+    present = {STRATEGIES[s["strategy"]].trains_on: s["strategy"] for s in strategies.values()
+               if STRATEGIES[s["strategy"]].baseline_rank is not None}  # the baselines run, by what they train on
+    if "budget" in present:
         n = rec.get("coarse_subset") or "all"
         work = summary.get("pixel_work") or {}
         auto = (rec.get("fine_only") or {}).get("epochs") is None
-        parts.append(f"`fine-only` is the **budget-matched** baseline: a new model trained at the finest grid only, "
+        parts.append(f"`{present['budget']}` is the **budget-matched** baseline: a new model trained at the finest grid only, "
                      f"on the coarse phase's examples ({n}), for {summary.get('fine_only_epochs')} epochs with its "
                      f"own schedule"
                      + (" — the whole number of epochs closest to the coarse + fine phases' pixel work" if auto else "")
                      + (f" ({work['fine_only']:,.0f} against {work['coarse_to_fine']:,.0f} finest-grid image passes; "
                         "measured seconds below)" if work else "")
                      + ". It answers *did coarse training save time at equal accuracy?*")
-    if "fresh" in strategies:
-        parts.append("`fresh` is the thesis's baseline: a new model trained only for the fine phase's epochs on "
+    if "fine-subset" in present:
+        parts.append(f"`{present['fine-subset']}` is the thesis's baseline: a new model trained only for the fine phase's epochs on "
                      "the fine examples (it gets less compute than the coarse-to-fine variants).")
     if summary.get("baseline"):
         parts.append(f"Speedups and paired tests below are against `{summary['baseline']}`.")
@@ -268,7 +266,7 @@ def _statistics_sections(summary: dict[str, Any]) -> list[Section]:
     if not st:
         return []
     trials = summary["trials"]
-    refs = [r for r in dict.fromkeys(["transfer", summary.get("baseline")]) if r in summary["strategies"]]
+    refs = [r for r in dict.fromkeys([PAIRED_REFERENCE, summary.get("baseline")]) if r in summary["strategies"]]
 
     def diff(t: dict[str, Any] | None) -> str:
         if not t or t.get("mean_diff") is None:
@@ -397,7 +395,7 @@ def _accuracy_seconds_figure(summary: dict[str, Any], out: Path) -> bool:
     # the y range shows every trained point on the finest grid (a collapse too), not the baselines' random starts
     shown = [p["test_acc"] for label, cs in curves.items() for c in cs for p in c
              if p["test_acc"] is not None and p["resolution"] == finest
-             and not (p["phase"] == "start" and summary["strategies"][label]["strategy"] in ("fresh", "fine-only"))]
+             and not (p["phase"] == "start" and not STRATEGIES[summary["strategies"][label]["strategy"]].needs_coarse)]
     if shown:
         ax.set_ylim(max(0.0, min(shown) - 0.02), min(1.0, max(shown) + 0.01))
         top = max(shown)
@@ -481,7 +479,7 @@ def _convergence_figure(run_dir: Path, summary: dict[str, Any], out: Path) -> bo
     fine_len = max((min(len(c) for c in cs) for cs in curves_by.values()), default=0)
     for i, (label, curves) in enumerate(curves_by.items()):
         n = min(len(c) for c in curves)
-        # fresh trains at the finest grid only: drawn over the last (finest) window
+        # a baseline trains at the finest grid only: drawn over the last (finest) window
         offset = coarse_len + fine_len - n
         x = np.arange(offset + 1, offset + n + 1)
         color = colors[i % len(colors)]
@@ -519,7 +517,7 @@ def _diagnostics_sections(run_dir: Path, summary: dict[str, Any], figs: Path) ->
     per_variant: dict[str, list[dict[str, Any]]] = {}
     func_rows = []
     for label, s in summary["strategies"].items():
-        if s["strategy"] == "fresh":
+        if not STRATEGIES[s["strategy"]].needs_coarse:  # a new model: no transfer to diagnose
             continue
         for r in res[1:]:
             p = run_dir / "trial0" / variant_dir_name(label) / f"fine-{r}" / "diagnostics.json"

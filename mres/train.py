@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,11 +26,13 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .checkpoint import remove_stale_temps, save_checkpoint
+from .checkpoint import atomic_write, remove_stale_temps, save_checkpoint
 from .data import TensorData, iterate_batches, num_batches
 from .distributed import all_reduce_max, all_reduce_sum, barrier, group, shard, world
 from .errors import DivergedError, Interrupted, UserError
+from .hooks import FitHook, set_momentum  # noqa: F401  (set_momentum: public here as before)
 from .optim import CGSteihaug
+from .steps import make_step
 from .recipe import AugmentConfig, OptimizerConfig, ScheduleConfig, TrainConfig, TrainRecipe
 
 console = Console(stderr=True)
@@ -206,18 +208,15 @@ def fit(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
     lr_plan: LRPlan | None = None,
-    momentum: dict[str, torch.Tensor] | None = None,
-    corrector: Callable[[nn.Module, int], None] | None = None,
-    extra_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
+    hooks: Sequence[FitHook] = (),
 ) -> list[dict[str, Any]]:
     """Train ``model`` on ``data`` for ``cfg.epochs`` epochs; return the per-epoch metrics.
 
     ``extra`` goes into every checkpoint (recipe, arch, resolution, ...); ``resume`` is a
     checkpoint dict written by this function, from which training continues exactly.
-    ``lr_plan`` places this phase in a longer schedule (default: the phase's own);
-    ``momentum`` (parameter name → buffer) starts SGD's momentum buffers (``carry_optimizer``).
-    ``corrector(model, step)`` runs after every optimizer step (MG/OPT coarse corrections; its time counts);
-    ``extra_loss(model, xb, yb, step)`` is added to every step's objective (joint multiscale training).
+    ``lr_plan`` places this phase in a longer schedule (default: the phase's own); ``hooks``
+    (:mod:`mres.hooks`) attach at the start, to every step's objective, after every optimizer step
+    and after every epoch (momentum carry, MG/OPT corrections, the joint multiscale term).
     A non-finite loss, test loss or weight raises :class:`DivergedError`; the last good
     checkpoint is kept and the epoch's metrics row marks the non-finite values (``null``).
     """
@@ -228,26 +227,12 @@ def fit(
     gen = seed_everything(seed)
     opt = build_optimizer(model, cfg.optimizer)
     ranks = world()
-    if ranks.distributed and isinstance(opt, CGSteihaug):
-        raise UserError("optimizer cg-steihaug does not run data-parallel (its CG solve and ratio test would need "
-                        "every Hessian-vector product all-reduced): run it in one process")
-    if ranks.distributed and (corrector is not None or extra_loss is not None):
-        raise UserError("the mgopt and joint variants do not run data-parallel (their coarse levels are not "
-                        "sharded); under torchrun use parallel: variants")
-    net = model  # what the step calls: DistributedDataParallel averages the gradients over ranks
-    if cfg.sync_bn and ranks.distributed:
-        if device.type != "cuda":
-            raise UserError("train.sync_bn needs CUDA devices (torch's SyncBatchNorm synchronises GPU tensors "
-                            "only); on CPUs set sync_bn: false: each rank then normalises by its shard")
-        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place, the same parameters and buffers
-    if ranks.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = _parallel(model, opt, cfg, hooks, device) if ranks.distributed else model  # what the step calls
     if cfg.compile:
         net = torch.compile(net, dynamic=False)
     spe = num_batches(len(data.y_train), cfg.batch_size)
     plan = lr_plan or LRPlan.for_phase(cfg.schedule, spe, cfg.epochs)
-    trust_region = isinstance(opt, CGSteihaug)  # its radius sets the step: no lr schedule
-    sched = None if trust_region else torch.optim.lr_scheduler.LambdaLR(opt, plan.factor)
+    stepper = make_step(opt, plan.factor, cfg.grad_clip)
     aug = augment or AugmentConfig()
     # crop padding is given at the dataset's native resolution; scale it to this grid
     pad = int(round(aug.crop_padding * data.resolution / (data.native_resolution or data.resolution)))
@@ -256,13 +241,13 @@ def fit(
     if resume is not None:
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(resume["scheduler"])
+        stepper.load_state_dict(resume["scheduler"])
         _set_rng(resume["rng"], gen)
         start_epoch, metrics = int(resume["epoch"]), list(resume["metrics"])
         prior_seconds = float(resume.get("seconds_so_far", 0.0))
-    elif momentum and not trust_region:
-        set_momentum(model, opt, momentum)
+    else:
+        for h in hooks:
+            h.on_start(model, opt)
     if ckpt_path is not None and ranks.main:
         remove_stale_temps(ckpt_path)
     use_amp = cfg.amp and device.type == "cuda"
@@ -279,9 +264,10 @@ def fit(
                 t0 = time.perf_counter()
                 model.train()
                 _frozen_norms_eval(model)
+                stepper.start_epoch()
                 loss_sum = torch.zeros((), device=device, dtype=torch.float64)
                 correct = torch.zeros((), device=device, dtype=torch.int64)
-                seen = accepted = 0
+                seen = 0
                 first_bad = torch.full((), -1, dtype=torch.int64, device=device)
                 for step, (xb, yb) in enumerate(iterate_batches(data.x_train, data.y_train, cfg.batch_size, gen,
                                                                 crop_padding=pad, flip=aug.flip)):
@@ -290,12 +276,15 @@ def fit(
                     scale = len(yb) * ranks.size / n_global  # 1 in one process: DDP's mean is the global mean
                     if cfg.channels_last:
                         xb = xb.contiguous(memory_format=torch.channels_last)
+                    k = epoch * spe + step  # the phase's optimizer step
 
                     def objective(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                         loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
                         reg = regularization() if regularization is not None else None
-                        if extra_loss is not None:
-                            reg = extra_loss(model, xb, yb, epoch * spe + step) + (0 if reg is None else reg)
+                        for h in hooks:
+                            term = h.extra_loss(model, xb, yb, k)
+                            if term is not None:
+                                reg = term + (0 if reg is None else reg)
                         return loss, (loss if reg is None else loss + reg)
 
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -305,19 +294,9 @@ def fit(
                     first_bad = torch.where((first_bad < 0) & ~torch.isfinite(total.detach()), step, first_bad)
                     if (step + 1) % check == 0:
                         _stop_if_diverged(first_bad, label, epoch, ckpt_path, metrics)
-                    if trust_region:  # one trust-region step on this batch, its ratio test on this batch too
-                        opt.step(lambda: objective(model(xb))[1], loss=total)
-                        accepted += int(opt.last["accepted"])
-                    else:
-                        lr_used = opt.param_groups[0]["lr"]
-                        opt.zero_grad(set_to_none=True)
-                        (total if scale == 1.0 else total * scale).backward()
-                        if cfg.grad_clip is not None:
-                            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                        opt.step()
-                        sched.step()
-                    if corrector is not None:
-                        corrector(model, epoch * spe + step)
+                    stepper(model, total, scale, lambda: objective(model(xb))[1])
+                    for h in hooks:
+                        h.after_step(model, k)
                     loss_sum += loss.detach().double() * len(yb)
                     correct += (out.detach().argmax(1) == yb).sum()
                     seen += len(yb)
@@ -330,11 +309,9 @@ def fit(
                     torch.cuda.synchronize(device)
                 train_seconds = time.perf_counter() - t0
                 test_loss, test_acc = evaluate(model, data.x_test, data.y_test, cfg.eval_batch_size, cfg.channels_last)
-                row = {"epoch": epoch + 1, "lr": None if trust_region else lr_used,  # the epoch's last step's
+                row = {"epoch": epoch + 1, "lr": stepper.lr,  # the epoch's last step's
                        "train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen,
-                       "test_loss": test_loss, "test_acc": test_acc}
-                if trust_region:
-                    row["radius"], row["accepted_steps"] = opt.param_groups[0]["radius"], accepted / max(1, step + 1)
+                       "test_loss": test_loss, "test_acc": test_acc, **stepper.epoch_stats(step + 1)}
                 if eval_train:
                     row["train_eval_loss"], row["train_eval_acc"] = evaluate(
                         model, data.x_train, data.y_train, cfg.eval_batch_size, cfg.channels_last)
@@ -350,14 +327,34 @@ def fit(
                 if ckpt_path is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
                     save_checkpoint_main(ckpt_path, {
                         **(extra or {}), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict() if sched is not None else {}, "epoch": epoch + 1, "rng": _get_rng(gen),
+                        "scheduler": stepper.state_dict(), "epoch": epoch + 1, "rng": _get_rng(gen),
                         "metrics": metrics, "seconds_so_far": prior_seconds + time.perf_counter() - t_start})
                 bar.epoch_done(row)
+                for h in hooks:
+                    h.after_epoch(model, row)
                 if on_epoch is not None:
                     on_epoch(row)
     finally:
         plain_batchnorm(model)
     return metrics
+
+
+def _parallel(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, hooks: Sequence[FitHook],
+              device: torch.device) -> nn.Module:
+    """Under torchrun: the model wrapped in DistributedDataParallel (averaging gradients over ranks),
+    after refusing what cannot run data-parallel."""
+    if isinstance(opt, CGSteihaug):
+        raise UserError("optimizer cg-steihaug does not run data-parallel (its CG solve and ratio test would need "
+                        "every Hessian-vector product all-reduced): run it in one process")
+    for h in hooks:
+        if not h.data_parallel:
+            raise UserError(h.refusal or f"{type(h).__name__} does not run data-parallel: run it in one process")
+    if cfg.sync_bn:
+        if device.type != "cuda":
+            raise UserError("train.sync_bn needs CUDA devices (torch's SyncBatchNorm synchronises GPU tensors "
+                            "only); on CPUs set sync_bn: false: each rank then normalises by its shard")
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place, the same parameters and buffers
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def plain_batchnorm(model: nn.Module) -> None:
@@ -447,12 +444,6 @@ def momentum_buffers(model: nn.Module, optimizer_state: dict[str, Any]) -> dict[
     return out
 
 
-def set_momentum(model: nn.Module, opt: torch.optim.Optimizer, buffers: dict[str, torch.Tensor]) -> None:
-    for name, p in model.named_parameters():
-        if name in buffers and p.requires_grad:
-            opt.state[p]["momentum_buffer"] = buffers[name].detach().to(p.device, p.dtype).clone()
-
-
 def _get_rng(gen: torch.Generator) -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     return {"torch": torch.get_rng_state(), "batches": gen.get_state(),
@@ -507,9 +498,7 @@ def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text.encode())
 
 
 class _Progress:

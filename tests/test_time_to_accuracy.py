@@ -259,7 +259,9 @@ def test_schedule_keys_are_checked(tmp_path):
         recipe(schedule_scope="everything")
 
 
-def test_carried_momentum_is_where_the_fine_optimizer_starts(tmp_path):
+@pytest.mark.parametrize("strategy, rule", [("galerkin", "galerkin"), ("mgopt", "transfer")])
+def test_carried_momentum_is_where_the_fine_optimizer_starts(tmp_path, strategy, rule):
+    """The buffers move by the weights' rule: mgopt starts as the copy (its record's start)."""
     from mres.checkpoint import load_checkpoint
     from mres.train import momentum_buffers
     from mres.transfer import transfer_like_weights
@@ -273,7 +275,8 @@ def test_carried_momentum_is_where_the_fine_optimizer_starts(tmp_path):
 
     handle = register_optimizer_step_pre_hook(record)
     try:
-        run_coarse_to_fine(recipe(carry_optimizer=True, strategies=["galerkin"]), tmp_path, progress=False)
+        run_coarse_to_fine(recipe(carry_optimizer=True, strategies=[strategy], multilevel={"every": 4, "tau_batch": 32}),
+                           tmp_path, progress=False)
     finally:
         handle.remove()
     coarse_opt, fine_opt = first_state.values()
@@ -282,7 +285,7 @@ def test_carried_momentum_is_where_the_fine_optimizer_starts(tmp_path):
     fine = build_model("cnn", {"width1": 4, "width2": 8}, 1, 10, 16)
     coarse.load_state_dict(load_checkpoint(tmp_path / "trial0" / "coarse-8")["model"])
     bufs = momentum_buffers(coarse, load_checkpoint(tmp_path / "trial0" / "coarse-8")["optimizer"])
-    expect = transfer_like_weights(coarse, fine, bufs, "galerkin")
+    expect = transfer_like_weights(coarse, fine, bufs, rule)
     for name, p in fine.named_parameters():
         assert torch.allclose(fine_opt[tuple(p.shape)], expect[name], atol=1e-6), name
     assert fine_opt[tuple(fine.classifier.weight.shape)].abs().sum() > 0
