@@ -107,6 +107,13 @@ def sweep(args: argparse.Namespace) -> list[Point]:
         add(f"cascade-phase-{'-'.join(map(str, eg))}", f"{coarser}→{coarse}→{fine} phase-scope {eg}",
             resolutions=[coarser, coarse, fine], epochs_per_grid=eg, schedule_scope="phase",
             fine={"optimizer": {**OPT, "lr": 0.02}})
+    # transfers that keep what the coarse phase learned: the data fit, distillation, galerkin-reg at 3 λ
+    keeping = {"strategies": ["galerkin-data", "distill", "galerkin-reg"], "lams": [0.01, 0.1, 1.0]}
+    for ce, fe in ([(8, 1)] if quick else [(4, 1), (8, 1)]):
+        add(f"keep-run-c{ce}-f{fe}", f"{coarse}→{fine} run-scope c{ce}+f{fe}, keeping transfers",
+            epochs_per_grid=[ce, fe], schedule_scope="run", **keeping)
+        add(f"keep-phase-c{ce}-f{fe}", f"{coarse}→{fine} phase-scope c{ce}+f{fe}, keeping transfers",
+            epochs_per_grid=[ce, fe], schedule_scope="phase", fine={"optimizer": {**OPT, "lr": 0.02}}, **keeping)
     # MG/OPT (mres/multilevel.py): the one-shot run-scope schedule plus coarse corrections in the fine phase
     mg: list[Point] = []
     for ce, fe in ([(8, 1)] if quick else [(4, 1), (8, 1), (8, 2)]):
@@ -342,7 +349,7 @@ def report(points: list[Point], args: argparse.Namespace, root: Path, session: s
     print(f"figure: {png}" if f_front and c_front else "no figure: a front is empty")
 
 
-GROUPS = (("fo-", "fine-only", "tab:blue", "o"), ("mgopt", "MG/OPT (run + corrections)", "tab:gray", "p"),
+GROUPS = (("fo-", "fine-only", "tab:blue", "o"), ("keep-", "keeping transfers (data fit, distill, reg)", "tab:brown", "8"), ("mgopt", "MG/OPT (run + corrections)", "tab:gray", "p"),
           ("joint", "joint multiscale (tied)", "tab:olive", "d"), ("cascade-phase", "cascade, phase scope", "tab:cyan", "h"), ("phase-warm", "phase + warm-up", "tab:brown", "P"),
           ("phase-", "phase scope", "tab:orange", "s"), ("run-carry", "run + momentum", "tab:red", "v"),
           ("run-bs", "run + batch scaling", "tab:purple", "D"), ("run-warm", "run + warm-up", "tab:olive", "X"),

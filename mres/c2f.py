@@ -34,6 +34,7 @@ from rich.markup import escape
 
 from .checkpoint import atomic_write, load_checkpoint
 from .data import TensorData, iterate_batches, load_dataset
+from .datafit import distill, fit_to_coarse, refuse_polynomial
 from .distributed import agreed, alone, barrier, barrier_all, group, world
 from .errors import DivergedError, Interrupted, UserError
 from .hooks import CarryMomentum, FitHook
@@ -41,7 +42,7 @@ from .models import build_model
 from .phases import (Phase, budget_matched_epochs, check_phase, lr_plans, phase_config,  # noqa: F401 (public here)
                      pixel_work, plan_phases)
 from .recipe import CoarseToFineRecipe, TrainConfig, dump_yaml, parse_yaml, to_plain
-from .strategies import Variant, variants as strategy_variants
+from .strategies import Strategy, Variant, variants as strategy_variants
 from .summary import is_collapsed, summarize  # noqa: F401 (public here)
 from .train import (LRPlan, configure_runtime, console, evaluate, fit, json_safe, momentum_buffers, select_device,
                     save_checkpoint_main, trainable, write_metrics)
@@ -201,6 +202,8 @@ class CoarseToFine:
         plans = lr_plans(phases, r.schedule_scope)
         probe = self._build(phases[0].resolution, r.seed)
         vs = variants(r, _has_coefficients(probe))
+        if any(v.record.refine == "fit-to-coarse" for v in vs):
+            refuse_polynomial(probe)  # before any training
         del probe
         fine_only_epochs = r.fine_only.epochs or budget_matched_epochs(phases, phases[0].n_train)
         console.print(f"coarse-to-fine {escape(r.model.name)} on {r.dataset.name}: grids {r.resolutions}, "
@@ -327,17 +330,24 @@ class CoarseToFine:
                 buffers = self._momentum(src, src_dir) if r.carry_optimizer else None  # disk: not counted
                 _sync(self.device)
                 t0 = time.perf_counter()
-                diags = transfer_weights(src, model, rec.start, r.family, v.lam, "prolongate",
-                                         coefficient_policy=v.policy)
+                rule = self._start_rule(rec)
+                diags = transfer_weights(src, model, rule, r.family, v.lam, "prolongate", coefficient_policy=v.policy)
+                fitted = self._fit_to_coarse(src, model, data) if rec.refine == "fit-to-coarse" else None
                 if r.bn_recalibrate:
                     g = torch.Generator().manual_seed(seed)
                     recalibrate_bn(model, (xb for xb, _ in iterate_batches(data.x_train, data.y_train, 256, g)))
                 if buffers is not None:  # momentum moves by the weights' rule
-                    hooks.append(CarryMomentum(transfer_like_weights(src, model, buffers, rec.start, r.family, v.lam)))
+                    hooks.append(CarryMomentum(transfer_like_weights(src, model, buffers, rule, r.family, v.lam)))
                 _sync(self.device)
                 entry["transfer_seconds"] = time.perf_counter() - t0  # counted: the method needs it
+                if rec.refine == "distill":  # training steps: counted as training seconds
+                    entry["distill"] = self._distill(src, model, data, phase.cfg, seed)
                 fp = function_preservation(src, model, data.x_test[:256], r.family)  # monitoring: not counted
                 entry["diagnostics"] = {"layers": [d.__dict__ for d in diags], "function": fp}
+                if fitted is not None:
+                    entry["diagnostics"]["data_fit"] = fitted
+                if "distill" in entry:
+                    entry["diagnostics"]["distill"] = entry["distill"]
                 if _has_coefficients(model):  # where A's spectrum and the roots land (monitoring)
                     entry["diagnostics"]["spectra"] = level_spectra(src, model, res // 2, res)  # grids double
             # the start of this phase, for landscapes / feature pictures (thesis Fig. 4.3)
@@ -369,6 +379,29 @@ class CoarseToFine:
         if out["diverged"] is None and len(phases) > 1:
             self._restricted(vdir, model, phases, seed)
         return out
+
+    def _start_rule(self, rec: Strategy) -> str:
+        """The transfer rule a strategy starts with: its record's, or the recipe key it names."""
+        if rec.start_key is None:
+            return rec.start
+        block, key = rec.start_key.split(".")
+        return getattr(getattr(self.recipe, block), key)
+
+    def _fit_to_coarse(self, src: nn.Module, model: nn.Module, data: TensorData) -> list[dict[str, Any]]:
+        """galerkin-data: every layer fitted to the coarse model's on the calibration images (closed form)."""
+        gd = self.recipe.galerkin_data
+        return fit_to_coarse(src, model, data.x_train[:gd.calibration], self.recipe.family, gd.lam, gd.chunk)
+
+    def _distill(self, src: nn.Module, model: nn.Module, data: TensorData, cfg: TrainConfig,
+                 seed: int) -> dict[str, Any]:
+        """distill: SGD steps towards the coarse model's predictions on R x; their seconds count as training."""
+        d = self.recipe.distill
+        _sync(self.device)
+        t0 = time.perf_counter()
+        losses = distill(src, model, data.x_train, self.recipe.family, d.steps, d.batch_size or cfg.batch_size,
+                         d.lr, d.momentum, d.temperature, seed)
+        _sync(self.device)
+        return {"seconds": time.perf_counter() - t0, "steps": d.steps, "loss_first": losses[0], "loss_last": losses[-1]}
 
     def _corrector(self, data: TensorData, phases: list[Phase], res: int, seed: int) -> FitHook:
         """MG/OPT corrections for a fine phase at grid ``res``: the coarser grids' models as templates."""

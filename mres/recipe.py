@@ -279,6 +279,25 @@ class AnalysisConfig(Strict):
     trial: int = Field(0, ge=0, description="which trial's checkpoints to analyse")
 
 
+class GalerkinDataConfig(Strict):
+    """The ``galerkin-data`` strategy: every layer fitted so that R·(K_h a_h) ≈ the coarse layer's output."""
+    calibration: int = Field(1024, ge=1, description="fine training images the layers are fitted on (a flatten "
+                                                      "head's dual solve costs N² × its inputs)")
+    lam: float = Field(1e-3, ge=0, allow_inf_nan=False, description="ridge weight towards the start weights")
+    start: Literal["transfer", "galerkin"] = Field("transfer", description="the start weights θ_start: the copy "
+                                                                          "or the Galerkin prolongation")
+    chunk: int = Field(128, ge=1, description="calibration images per forward pass (memory)")
+
+
+class DistillConfig(Strict):
+    """The ``distill`` strategy: SGD steps from the copy towards the coarse teacher's predictions on R x."""
+    steps: int = Field(100, ge=1, description="optimizer steps (counted as training seconds)")
+    temperature: float = Field(2.0, gt=0, allow_inf_nan=False)
+    lr: float = Field(0.005, gt=0, allow_inf_nan=False)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: int | None = Field(None, ge=1, description="null: the fine block's batch size")
+
+
 class FineOnlyConfig(TrainConfig):
     """The ``fine-only`` baseline's train block: keys not given are the coarse block's."""
 
@@ -309,6 +328,8 @@ class CoarseToFineRecipe(RecipeBase):
     bn_recalibrate: bool = True
     multilevel: MultilevelConfig = Field(MultilevelConfig(), description="the mgopt variant's MG/OPT cycles")
     joint: JointConfig = Field(JointConfig(), description="the joint variant's multiscale loss")
+    galerkin_data: GalerkinDataConfig = Field(GalerkinDataConfig(), description="the galerkin-data strategy's fit")
+    distill: DistillConfig = Field(DistillConfig(), description="the distill strategy's steps")
     parallel: Literal["data", "variants"] = Field(
         "data", description="under torchrun: data = each phase data-parallel over the ranks; variants = the "
                             "trials' coarse phases, then the variants, dealt to the ranks (one device each)")

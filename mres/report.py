@@ -81,6 +81,7 @@ def write_report(run_dir: Path) -> Path:
                      _ms(s["train_acc_final"]), _ms(s["acc_final"]),
                      f"{sum(s['diverged'])}/{len(s['diverged'])}", _collapsed_cell(s)])
     sections.append(("table", head, rows))
+    sections += _kept_sections(summary)
     sections += _stage_sections(summary)
     sections += _status_sections(summary)
     sections += _statistics_sections(summary)
@@ -227,6 +228,8 @@ def _baseline_sections(summary: dict[str, Any]) -> list[Section]:
     if "fine-subset" in present:
         parts.append(f"`{present['fine-subset']}` is the thesis's baseline: a new model trained only for the fine phase's epochs on "
                      "the fine examples (it gets less compute than the coarse-to-fine variants).")
+    if summary.get("baseline_note"):
+        parts.append(summary["baseline_note"] + ".")
     if summary.get("baseline"):
         parts.append(f"Speedups and paired tests below are against `{summary['baseline']}`.")
     return [("p", " ".join(parts))] if parts else []
@@ -313,6 +316,23 @@ def _statistics_sections(summary: dict[str, Any]) -> list[Section]:
         out.append(("p", f"No paired difference is significant over {trials} trials: the tables do not rank the "
                          "variants."))
     return out
+
+
+def _kept_sections(summary: dict[str, Any]) -> list[Section]:
+    """What each transfer kept: the coarse model's test accuracy on its own grid, the accuracy right after
+    the (first) transfer, their difference in points, and the seconds the transfer took."""
+    rows = [[label, _ms(s["coarse_acc"]), _ms(s["acc_at_first_transfer"]), _ms(s["kept"]),
+             _ms(s["transfer_seconds"], False)]
+            for label, s in summary["strategies"].items() if any(k is not None for k in s.get("kept") or [])]
+    if not rows:
+        return []
+    res = summary["resolutions"]
+    return [("h2", "What the transfer kept"),
+            ("p", f"Test accuracy of the coarse model on its own grid ({res[0]}×{res[0]}), right after the transfer "
+                  f"to {res[1]}×{res[1]} (BN recalibrated; before any fine training) and the difference, *kept*, in "
+                  "points (negative: lost); transfer seconds include any data fit (counted)."),
+            ("table", ["strategy", f"coarse at {res[0]}×{res[0]}", f"after transfer at {res[1]}×{res[1]}",
+                       "kept (points)", "transfer s"], rows)]
 
 
 def _tta_sections(summary: dict[str, Any], figs: Path) -> list[Section]:

@@ -12,6 +12,10 @@ the job, the recipe, the report and the bench need to know about it:
   budget-matched ``fine_only`` epochs);
 - ``per_lam``: one variant per recipe λ (``lams``); coefficient policies expand every strategy that
   transfers (they act on the moved Poly-MgNet coefficients);
+- ``start_key``: a recipe key whose value replaces ``start`` (``galerkin_data.start``: copy or Galerkin);
+- ``refine``: what follows the start rule before fine training — ``fit-to-coarse`` (the layer-wise
+  data fit of mres/datafit.py, closed form, its seconds counted as transfer) or ``distill`` (SGD steps
+  towards the coarse model's predictions, counted as training);
 - ``hooks``: the fit hooks the job attaches to its training (names; c2f builds them);
 - ``baseline_rank``: the order in which strategies are tried as the reference of time to accuracy
   and paired tests (lowest first; None: never the reference).
@@ -35,6 +39,8 @@ class Strategy:
     start: str | None
     trains_on: TrainsOn
     per_lam: bool = False
+    start_key: str | None = None
+    refine: Literal["fit-to-coarse", "distill"] | None = None
     hooks: tuple[str, ...] = ()
     baseline_rank: int | None = None
     default: bool = False  # in a recipe that names no strategies
@@ -51,6 +57,11 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
              needs_coarse=True, start="galerkin", trains_on="cascade", default=True),
     Strategy("galerkin-reg", "Galerkin prolongation regularised towards the copy, one run per λ",
              needs_coarse=True, start="galerkin-reg", trains_on="cascade", per_lam=True, default=True),
+    Strategy("galerkin-data", "the Galerkin condition on data: each layer fitted in closed form so that "
+             "R·(K_h a_h) ≈ the coarse layer's output on R x", needs_coarse=True, start="transfer",
+             trains_on="cascade", start_key="galerkin_data.start", refine="fit-to-coarse"),
+    Strategy("distill", "the copy, then a few SGD steps matching the coarse model's predictions on R x (KL, "
+             "temperature)", needs_coarse=True, start="transfer", trains_on="cascade", refine="distill"),
     Strategy("mgopt", "the copy, then MG/OPT coarse corrections during fine training",
              needs_coarse=True, start="transfer", trains_on="cascade", hooks=("mgopt-corrections",)),
     Strategy("joint", "a new finest-grid model trained on every grid at once (tied multiscale loss)",

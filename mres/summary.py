@@ -30,7 +30,7 @@ def variant_curve(v: Variant, trial: dict[str, Any], coarse_resolution: int) -> 
             seconds += m.get("train_seconds") or 0.0
             points.append({"seconds": seconds, "test_acc": m.get("test_acc"), "resolution": res0, "phase": "coarse"})
     for ph in trial["variants"][v.label]["phases"]:
-        seconds += ph.get("transfer_seconds", 0.0)
+        seconds += ph.get("transfer_seconds", 0.0) + _distill_seconds(ph)
         points.append({"seconds": seconds, "test_acc": ph["at_transfer"]["test_acc"], "resolution": ph["resolution"],
                        "phase": "start"})
         for m in ph.get("metrics", []):
@@ -71,7 +71,7 @@ def summarize(recipe: CoarseToFineRecipe, vs: list[Variant], trials: list[dict[s
     finest = recipe.resolutions[-1]
     strategies: dict[str, Any] = {}
     for v in vs:
-        keys = ("acc_at_transfer", "acc_after_first_epoch", "acc_final", "train_acc_at_transfer",
+        keys = ("coarse_acc", "acc_at_first_transfer", "kept", "acc_at_transfer", "acc_after_first_epoch", "acc_final", "train_acc_at_transfer",
                 "train_acc_after_first_epoch", "train_acc_final", "seconds", "train_seconds", "coarse_seconds",
                 "transfer_seconds", "fine_seconds", "diverged", "collapsed", "skipped", "curve", "stages")
         rows: dict[str, list[Any]] = {k: [] for k in keys}
@@ -81,14 +81,20 @@ def summarize(recipe: CoarseToFineRecipe, vs: list[Variant], trials: list[dict[s
             cres = t.get("coarse") if v.needs_coarse else None
             coarse_s = cres["seconds"] if cres else 0.0
             coarse_train_s = cres.get("train_seconds", 0.0) if cres else 0.0
-            fine_s = sum(p.get("seconds", 0.0) for p in e["phases"])
-            fine_train_s = sum(p.get("train_seconds", 0.0) for p in e["phases"])
+            fine_s = sum(p.get("seconds", 0.0) + _distill_seconds(p) for p in e["phases"])
+            fine_train_s = sum(p.get("train_seconds", 0.0) + _distill_seconds(p) for p in e["phases"])
             trans_s = sum(p.get("transfer_seconds", 0.0) for p in e["phases"])
             last = e["phases"][-1] if e["phases"] else None
             m = last["metrics"] if last else []
             ok = bool(m) and not div
             at = last["at_transfer"]["test_acc"] if last else None
             final = m[-1]["test_acc"] if ok else None
+            # what the (first) transfer kept of the coarse model's accuracy on its own grid
+            c_acc = cres["metrics"][-1].get("test_acc") if cres and cres.get("metrics") else None
+            first = e["phases"][0]["at_transfer"]["test_acc"] if v.needs_coarse and e["phases"] else None
+            rows["coarse_acc"].append(c_acc)
+            rows["acc_at_first_transfer"].append(first)
+            rows["kept"].append(first - c_acc if first is not None and c_acc is not None else None)
             rows["acc_at_transfer"].append(at)
             rows["train_acc_at_transfer"].append(last["at_transfer"]["train_acc"] if last else None)
             rows["acc_after_first_epoch"].append(m[0]["test_acc"] if m else None)
@@ -106,13 +112,46 @@ def summarize(recipe: CoarseToFineRecipe, vs: list[Variant], trials: list[dict[s
             rows["curve"].append(variant_curve(v, t, recipe.resolutions[0]))
             rows["stages"].append(stage_accuracies(last) if last and last.get("stages") else None)
         strategies[v.label] = {"strategy": v.strategy, "lam": v.lam, "policy": v.policy, **rows}
-    baseline = next((b for b in BASELINE_ORDER if b in strategies), None)
+    baseline, note = choose_baseline(strategies, chance)
     summary = {"recipe": to_plain(recipe), "resolutions": recipe.resolutions, "trials": len(trials),
-               "chance": chance, "baseline": baseline, "fine_only_epochs": fine_only_epochs,
+               "chance": chance, "baseline": baseline, "baseline_note": note, "fine_only_epochs": fine_only_epochs,
                "strategies": strategies}
     summary["time_to_accuracy"] = time_to_accuracy(strategies, baseline, finest)
     summary["statistics"] = statistics(strategies, baseline)
     return summary
+
+
+def choose_baseline(strategies: dict[str, Any], chance: float) -> tuple[str | None, str | None]:
+    """The reference of speedups and paired tests: the first baseline (mres.strategies.BASELINE_ORDER) run
+    whose every trial trained — never one that collapsed, diverged or was skipped. Returns it and, when
+    one was passed over or none trained, the line that says so."""
+    passed = []
+    for b in (b for b in BASELINE_ORDER if b in strategies):
+        s = strategies[b]
+        why = _untrained(s, chance)
+        if why is None:
+            note = (f"{'; '.join(passed)}: the reference is `{b}`" if passed else None)
+            return b, note
+        passed.append(f"`{b}` {why}")
+    return None, (f"{'; '.join(passed)}: no baseline trained, so no speedups or paired tests against one"
+                  if passed else None)
+
+
+def _untrained(s: dict[str, Any], chance: float) -> str | None:
+    """Why a baseline's trials cannot be a reference (None: they can)."""
+    finals = [a for a in s["acc_final"] if a is not None]
+    if any(s["diverged"]):
+        return f"diverged in {sum(map(bool, s['diverged']))} of {len(s['diverged'])} trials"
+    if any(s["skipped"]) or len(finals) < len(s["acc_final"]):
+        return "has trials without a final accuracy"
+    if any(s["collapsed"]):
+        return (f"collapsed (final {100 * sum(finals) / len(finals):.1f} %, chance {100 * chance:.1f} %) in "
+                f"{sum(map(bool, s['collapsed']))} of {len(s['collapsed'])} trials")
+    return None
+
+
+def _distill_seconds(phase: dict[str, Any]) -> float:
+    return (phase.get("distill") or {}).get("seconds", 0.0)
 
 
 def time_to_accuracy(strategies: dict[str, Any], baseline: str | None, finest: int) -> dict[str, Any]:

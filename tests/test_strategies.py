@@ -44,6 +44,11 @@ def test_every_record_is_consistent_with_the_code_that_runs_it():
         assert s.trains_on in ("cascade", "fine-subset", "budget"), name
         assert s.needs_coarse == (s.trains_on == "cascade"), name
         assert set(s.hooks) <= set(c2f.HOOKS), name
+        if s.start_key is not None:  # a recipe key that names a transfer rule
+            block, key = s.start_key.split(".")
+            field = type(getattr(CoarseToFineRecipe(), block)).model_fields[key]
+            assert set(typing.get_args(field.annotation)) <= set(transfer.STRATEGIES), name
+        assert s.refine in (None, "fit-to-coarse", "distill"), name
     assert BASELINE_ORDER == ("fine-only", "fresh")
 
 

@@ -1,0 +1,71 @@
+"""The job's honest reference and what each transfer kept (summary.json, report)."""
+
+import json
+
+import pytest
+
+from mres.c2f import run_coarse_to_fine
+from mres.errors import UserError
+from mres.recipe import CoarseToFineRecipe, validate_recipe
+
+# weight decay 0.9 at lr 1 shrinks every weight tenfold per step: the model falls to the class prior
+COLLAPSE = {"epochs": 2, "batch_size": 32, "optimizer": {"lr": 1.0, "momentum": 0.0, "weight_decay": 0.9},
+            "schedule": "constant"}
+
+
+def recipe(**kw):
+    raw = {"dataset": {"name": "synthetic", "synthetic": {"n_train": 256, "n_test": 64, "size": 16}},
+           "model": {"name": "cnn", "width1": 4, "width2": 8}, "resolutions": [8, 16],
+           "coarse": {"epochs": 3, "batch_size": 32}, "fine": {"epochs": 1, "batch_size": 32},
+           "trials": 1, "eval_train": False}
+    raw.update(kw)
+    return validate_recipe(raw, CoarseToFineRecipe)
+
+
+def test_a_collapsed_fine_only_is_never_the_reference(tmp_path):
+    s = run_coarse_to_fine(recipe(fine_only=COLLAPSE, strategies=["fresh", "fine-only", "transfer"]), tmp_path,
+                           progress=False)
+    assert s["strategies"]["fine-only"]["collapsed"] == [True]
+    assert s["baseline"] == "fresh" and s["time_to_accuracy"]["baseline"] == "fresh"
+    assert s["time_to_accuracy"]["levels"][0] == pytest.approx(s["strategies"]["fresh"]["acc_final"][0])
+    assert set(s["statistics"]["transfer"]["vs"]) == {"fresh"}
+    assert "`fine-only` collapsed" in s["baseline_note"] and "the reference is `fresh`" in s["baseline_note"]
+    assert "the reference is `fresh`" in (tmp_path / "report.md").read_text()
+
+
+def test_without_a_baseline_that_trained_there_are_no_speedups(tmp_path):
+    s = run_coarse_to_fine(recipe(fine_only=COLLAPSE, strategies=["fine-only", "transfer"]), tmp_path,
+                           progress=False)
+    assert s["baseline"] is None and s["time_to_accuracy"] == {}
+    assert "no baseline trained" in s["baseline_note"]
+    md = (tmp_path / "report.md").read_text()
+    assert "no baseline trained" in md and "speedup at" not in md
+
+
+def test_kept_is_the_accuracy_after_the_transfer_minus_the_coarse_models(tmp_path):
+    s = run_coarse_to_fine(recipe(strategies=["fresh", "transfer", "galerkin-data", "distill"],
+                                  galerkin_data={"calibration": 128}, distill={"steps": 5}), tmp_path,
+                           progress=False)
+    coarse = json.loads((tmp_path / "trial0" / "coarse-8" / "result.json").read_text())
+    c_acc = coarse["metrics"][-1]["test_acc"]
+    for label in ("transfer", "galerkin-data", "distill"):
+        v = s["strategies"][label]
+        assert v["coarse_acc"] == [c_acc]
+        assert v["kept"][0] == pytest.approx(v["acc_at_transfer"][0] - c_acc)
+    assert s["strategies"]["fresh"]["kept"] == [None]
+    diag = json.loads((tmp_path / "trial0" / "galerkin-data" / "fine-16" / "diagnostics.json").read_text())
+    assert [r["layer"] for r in diag["data_fit"]] == ["conv1", "conv2", "classifier"]
+    d = s["strategies"]["distill"]  # its steps count as training seconds
+    phase = json.loads((tmp_path / "trial0" / "distill" / "fine-16" / "result.json").read_text())
+    steps = json.loads((tmp_path / "trial0" / "distill" / "fine-16" / "diagnostics.json").read_text())["distill"]
+    assert steps["steps"] == 5 and steps["seconds"] > 0
+    assert d["train_seconds"][0] == pytest.approx(coarse["train_seconds"] + d["transfer_seconds"][0]
+                                                  + phase["train_seconds"] + steps["seconds"])
+    assert "What the transfer kept" in (tmp_path / "report.md").read_text()
+
+
+def test_galerkin_data_refuses_poly_mgnet_before_any_training(tmp_path):
+    with pytest.raises(UserError, match="polynomial"):
+        run_coarse_to_fine(recipe(model={"name": "poly-q2", "widths": [4]}, strategies=["galerkin-data"]),
+                           tmp_path, progress=False)
+    assert not list(tmp_path.glob("trial0/coarse-8/result.json"))
