@@ -254,7 +254,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smaller sweep on fewer examples, for a first look")
     ap.add_argument("--points", type=lambda t: t.split(","), default=None, help="only these points (names)")
     ap.add_argument("--out", type=Path, default=None, help="keep the runs here (resumable); default: a temp dir")
-    ap.add_argument("--plot", type=Path, default=None, help="PNG of the fronts (default OUT/fronts.png; with --points OUT/fronts_<n>points_<k>trials.png)")
+    ap.add_argument("--plot", type=Path, default=None, help="PNG of the fronts (default OUT/fronts.png, without --out runs/bench_c2f/fronts.png; "
+                         "with --points fronts_<n>points_<k>trials.png)")
     args = ap.parse_args()
     if args.dataset == "npz" and not args.path:
         ap.error("--dataset npz needs --path F.npz")
@@ -271,7 +272,12 @@ def main() -> None:
     session = time.strftime("%Y-%m-%d %H:%M:%S")
     points = sweep(args)
     base = base_recipe(args)
-    print(f"{args.dataset}: {args.n_train} train / {args.n_test} test images, finest grid {args.fine}, "
+    from mres.data import load_dataset
+    from mres.recipe import DatasetConfig
+
+    used = load_dataset(DatasetConfig.model_validate(base["dataset"]))  # what the runs get, not what was asked
+    print(f"{args.dataset}: {len(used.y_train)} train / {len(used.y_test)} test images (asked {args.n_train} / "
+          f"{args.n_test}), finest grid {args.fine}, "
           f"device {'cuda' if torch.cuda.is_available() else 'cpu'}, threads {torch.get_num_threads()}, "
           f"{len(points)} points × {args.trials} trial(s) → {root}", flush=True)
     job_console.quiet = True  # the jobs' own header lines; the bench prints one line per point
@@ -341,7 +347,8 @@ def report(points: list[Point], args: argparse.Namespace, root: Path, session: s
     if args.trials < 2:
         print("note: one trial per point; a ratio near the goal is not a finding until the key points have >= 3 trials")
     tag = "" if not args.points else f"_{len(args.points)}points_{args.trials}trials"  # a subset keeps the sweep's files
-    png = args.plot or ((args.out / f"fronts{tag}.png") if args.out else Path(f"bench_c2f_fronts{tag}.png"))
+    png = args.plot or (args.out or Path("runs") / "bench_c2f") / f"fronts{tag}.png"  # never the working directory
+    png.parent.mkdir(parents=True, exist_ok=True)
     if f_front and c_front:
         plot(rows, f_front, c_front, h, png, args)
     (root / f"points{tag}.json").write_text(json.dumps([{"name": p.name, "front": p.front, "what": p.what, **r}
