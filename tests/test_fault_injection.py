@@ -27,8 +27,11 @@ C2F = ["--set", "dataset.name=synthetic", "--set", "dataset.synthetic.size=16", 
 
 def start(*args: str) -> subprocess.Popen:
     env = {**os.environ, "MRES_CACHE": str(ROOT / ".cache" / "test-cache")}
+    # a suite started in the background (`cmd &` without job control) inherits SIGINT ignored, and Python
+    # then never raises KeyboardInterrupt: give the child the default disposition, as a terminal would
     return subprocess.Popen([sys.executable, "-m", "mres", *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(cond, proc: subprocess.Popen, timeout: float = 120.0) -> None:
