@@ -1,6 +1,6 @@
 """Time to accuracy: Pareto fronts of coarse-to-fine against fine-only training (DESIGN §9).
 
-Every point is one budget-planned run of the coarse-to-fine job (``mres.c2f``), so the bench
+Every point is one budget-planned run of the coarse-to-fine job (``mres.c2f.job``), so the bench
 measures exactly what a user's run does:
 
 - fine-only: the thesis CNN trained at the finest grid only, for each budget in ``--fine-budgets``
@@ -9,7 +9,7 @@ measures exactly what a user's run does:
   over a grid of (coarse epochs, fine epochs), the two schedule scopes (``phase``: each phase its
   own cosine; ``run``: one cosine over both), momentum carried across the transfer, coarse batch
   scaling, and cascades 7 → 14 → 28;
-- multilevel training (mres/multilevel.py), set against the one-shot coarse-to-fine front: ``mgopt``
+- multilevel training (mres/c2f/multilevel.py), set against the one-shot coarse-to-fine front: ``mgopt``
   (run-scope schedules plus MG/OPT coarse corrections every N fine steps) and ``joint`` (the finest
   weights trained on both grids at once, Galerkin-tied); ``--no-multilevel`` leaves them out.
 
@@ -44,13 +44,13 @@ from typing import Any
 
 import torch
 
-from mres import tta
-from mres.c2f import CoarseToFine
+from mres.c2f import tta
+from mres.c2f.job import CoarseToFine
 from mres.errors import UserError
 from mres.recipe import CoarseToFineRecipe, validate_recipe
 from mres.strategies import STRATEGIES
-from mres.train import configure_runtime, fit
-from mres.train import console as job_console
+from mres.training.fit import configure_runtime, fit
+from mres.training.fit import console as job_console
 
 OPT = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
 
@@ -114,7 +114,7 @@ def sweep(args: argparse.Namespace) -> list[Point]:
             epochs_per_grid=[ce, fe], schedule_scope="run", **keeping)
         add(f"keep-phase-c{ce}-f{fe}", f"{coarse}→{fine} phase-scope c{ce}+f{fe}, keeping transfers",
             epochs_per_grid=[ce, fe], schedule_scope="phase", fine={"optimizer": {**OPT, "lr": 0.02}}, **keeping)
-    # MG/OPT (mres/multilevel.py): the one-shot run-scope schedule plus coarse corrections in the fine phase
+    # MG/OPT (mres/c2f/multilevel.py): the one-shot run-scope schedule plus coarse corrections in the fine phase
     mg: list[Point] = []
     for ce, fe in ([(8, 1)] if quick else [(4, 1), (8, 1), (8, 2)]):
         for every in ([50] if quick else [20, 80]):
@@ -222,7 +222,7 @@ def _finest_seconds(pdir: Path, summary: dict[str, Any], label: str) -> list[flo
 
 def warm_up(base: dict[str, Any], args: argparse.Namespace) -> None:
     """A few untimed steps at every grid, so the first measured point pays no start-up costs."""
-    from mres.data import load_dataset
+    from mres.training.data import load_dataset
     from mres.models import build_model
     from mres.recipe import DatasetConfig, TrainConfig
 
@@ -272,7 +272,7 @@ def main() -> None:
     session = time.strftime("%Y-%m-%d %H:%M:%S")
     points = sweep(args)
     base = base_recipe(args)
-    from mres.data import load_dataset
+    from mres.training.data import load_dataset
     from mres.recipe import DatasetConfig
 
     used = load_dataset(DatasetConfig.model_validate(base["dataset"]))  # what the runs get, not what was asked
@@ -370,7 +370,7 @@ def _group(name: str) -> tuple[str, str, str]:
 def trials_table(rows: list[tuple[Point, dict]]) -> None:
     """With trials: each point's mean ± std and 95 % CI, and every coarse-to-fine point against the best
     fine-only point, paired by trial (trial t of every run draws the same examples and seeds)."""
-    from mres import stats
+    from mres.c2f import stats
 
     print("\nper point over trials (accuracy %: mean ± std [95 % CI]; seconds: mean ± std):")
     for p, r in rows:

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from mres import landscape as ls
+from mres.analysis import landscape as ls
 from mres.models import build_model
 
 

@@ -16,10 +16,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from mres.data import load_dataset
+from mres.training.data import load_dataset
 from mres.models import build_model
 from mres.recipe import DatasetConfig, TrainConfig
-from mres.train import build_optimizer, configure_runtime, fit, lr_factor
+from mres.training.fit import build_optimizer, configure_runtime, fit, lr_factor
 
 
 def bare_loop(model, x, y, cfg: TrainConfig) -> float:

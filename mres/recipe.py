@@ -73,7 +73,7 @@ class OptimizerConfig(Strict):
     nesterov: bool = False
     weight_decay: float = Field(5.0e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    # cg-steihaug (mres/optim.py): a trust-region Newton-CG step per batch
+    # cg-steihaug (mres/training/optim.py): a trust-region Newton-CG step per batch
     radius: float = Field(1.0, gt=0, description="cg-steihaug: initial trust-region radius")
     max_radius: float = Field(1000.0, gt=0, description="cg-steihaug: largest radius")
     eta: float = Field(0.15, ge=0, lt=0.25, description="cg-steihaug: accept a step when ρ > eta")
@@ -253,7 +253,7 @@ class FeaturesSpec(Strict):
 
 
 class MultilevelConfig(Strict):
-    """MG/OPT coarse corrections during the fine phase of the ``mgopt`` variant (mres/multilevel.py)."""
+    """MG/OPT coarse corrections during the fine phase of the ``mgopt`` variant (mres/c2f/multilevel.py)."""
     cycle: Literal["V"] = Field("V", description="V: the coarse problem of each grid is solved by a cycle one grid down")
     every: int = Field(50, ge=1, description="fine optimizer steps between corrections (they are the smoothing)")
     coarse_steps: int = Field(5, ge=1, description="gradient steps on f_H(v) - <tau, v> at the coarsest grid")

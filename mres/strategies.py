@@ -4,7 +4,7 @@ A strategy is one way of reaching the finest grid. Its :class:`Strategy` record 
 the job, the recipe, the report and the bench need to know about it:
 
 - ``needs_coarse``: it starts from the trial's trained coarse model, moved up by ``start`` (a rule
-  of :mod:`mres.transfer`, applied to weights and, with ``carry_optimizer``, to momentum buffers);
+  of :mod:`mres.grids.transfer`, applied to weights and, with ``carry_optimizer``, to momentum buffers);
   otherwise it starts from a new model (``start`` is None);
 - ``trains_on``: ``cascade`` (every grid after the coarsest, on the fine phase's examples and
   epochs), ``fine-subset`` (the finest grid only, on the fine phase's examples and epochs: the
@@ -14,7 +14,7 @@ the job, the recipe, the report and the bench need to know about it:
   transfers (they act on the moved Poly-MgNet coefficients);
 - ``start_key``: a recipe key whose value replaces ``start`` (``galerkin_data.start``: copy or Galerkin);
 - ``refine``: what follows the start rule before fine training — ``fit-to-coarse`` (the layer-wise
-  data fit of mres/datafit.py, closed form, its seconds counted as transfer) or ``distill`` (SGD steps
+  data fit of mres/grids/datafit.py, closed form, its seconds counted as transfer) or ``distill`` (SGD steps
   towards the coarse model's predictions, counted as training);
 - ``hooks``: the fit hooks the job attaches to its training (names; c2f builds them);
 - ``baseline_rank``: the order in which strategies are tried as the reference of time to accuracy

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mres.c2f import run_coarse_to_fine
+from mres.c2f.job import run_coarse_to_fine
 from mres.recipe import CoarseToFineRecipe, validate_recipe
 
 
@@ -116,11 +116,11 @@ def test_cli_transfer_roundtrip_restores_stencils(mres_cli, tmp_path):
 
 
 def test_every_variant_is_restricted_to_the_coarser_grids_and_evaluated_there(tmp_path):
-    from mres.checkpoint import load_checkpoint
-    from mres.data import load_dataset
-    from mres.grids import restrict_dual_images, restrict_stencils
+    from mres.training.checkpoint import load_checkpoint
+    from mres.training.data import load_dataset
+    from mres.grids.operators import restrict_dual_images, restrict_stencils
     from mres.models import build_model
-    from mres.train import evaluate
+    from mres.training.fit import evaluate
 
     rec = tiny_recipe(trials=1, strategies=["fresh", "galerkin"], model={"name": "cnn", "width1": 4, "width2": 8,
                                                                          "pool": False})
@@ -181,7 +181,7 @@ def test_the_joint_variant_trains_the_finest_weights_on_every_grid(tmp_path):
 
 
 def test_the_convergence_figure_skips_the_nulls_of_a_diverged_epoch(tmp_path):
-    from mres.report import _convergence_figure
+    from mres.c2f.report import _convergence_figure
 
     rows = {"coarse-8": [{"train_loss": 2.0, "test_acc": 0.3}, {"train_loss": 1.5, "test_acc": 0.4}],
             "galerkin/fine-16": [{"train_loss": 1.2, "test_acc": 0.5}, {"train_loss": None, "test_acc": None}]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mres.data import read_cifar_folder, write_sample_cifar
+from mres.training.data import read_cifar_folder, write_sample_cifar
 from mres.recipe import CoarseToFineRecipe, load_recipe
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "poly_g4_cifar.yaml"

@@ -5,17 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mres.checkpoint import save_checkpoint
+from mres.training.checkpoint import save_checkpoint
 from mres.models import build_model
-from mres.spectrum import conv_spectrum, polynomial_roots, spectral_roots, spectrum_boundary, step_coefficients, step_roots
-from mres.transfer import (
-    COEFFICIENT_POLICIES,
-    PLANNED_COEFFICIENT_POLICIES,
-    move_coefficients,
-    rescale_step,
-    spectral_box,
-    transfer_weights,
-)
+from mres.grids.spectrum import (conv_spectrum, polynomial_roots, spectral_roots, spectrum_boundary, step_coefficients,
+                                 step_roots)
+from mres.grids.transfer import (COEFFICIENT_POLICIES, PLANNED_COEFFICIENT_POLICIES, move_coefficients, rescale_step,
+                                 spectral_box, transfer_weights)
 
 TINY = {"widths": [4, 4, 4, 4], "coeff_init": "xavier"}
 

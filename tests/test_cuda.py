@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mres import landscape as ls
-from mres.data import load_dataset
+from mres.analysis import landscape as ls
+from mres.training.data import load_dataset
 from mres.models import build_model
 from mres.recipe import DatasetConfig, TrainConfig
-from mres.train import fit
+from mres.training.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mres.data import augment, iterate_batches, load_dataset, read_cifar_folder, restrict_to, write_cifar_folder
+from mres.training.data import (augment, iterate_batches, load_dataset, read_cifar_folder, restrict_to,
+                                write_cifar_folder)
 from mres.errors import UserError
 from mres.recipe import DatasetConfig
 

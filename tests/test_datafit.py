@@ -1,18 +1,18 @@
-"""galerkin-data and distill (mres/datafit.py), each against an independent construction: exact Galerkin
+"""galerkin-data and distill (mres/grids/datafit.py), each against an independent construction: exact Galerkin
 (the stencil map), dense restriction matrices with a hand-written im2col and torch.linalg.lstsq."""
 
 import pytest
 import torch
 import torch.nn as nn
 
-from mres.data import load_dataset
-from mres.datafit import distill, fit_to_coarse, layer_rows, ridge_solve
+from mres.training.data import load_dataset
+from mres.grids.datafit import distill, fit_to_coarse, layer_rows, ridge_solve
 from mres.errors import UserError
-from mres.grids import prolongation_matrix_1d, restriction_matrix_1d
+from mres.grids.operators import prolongation_matrix_1d, restriction_matrix_1d
 from mres.models import build_model
 from mres.recipe import DatasetConfig, TrainConfig
-from mres.train import fit
-from mres.transfer import function_preservation, transfer_weights
+from mres.training.fit import fit
+from mres.grids.transfer import function_preservation, transfer_weights
 
 
 def _one_conv(seed: int) -> nn.Module:
@@ -106,7 +106,7 @@ def test_mgnet_is_fitted_and_poly_mgnet_refused():
 
 def _held_out_kl(teacher, student, x, t=2.0):
     import torch.nn.functional as F
-    from mres.grids import restrict_images
+    from mres.grids.operators import restrict_images
 
     with torch.no_grad():
         teacher.eval(), student.eval()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mres.checkpoint import load_checkpoint
+from mres.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mres.data import load_dataset
+from mres.training.data import load_dataset
 from mres.models import build_model
 from mres.recipe import DatasetConfig, TrainConfig
-from mres.train import fit, plain_batchnorm
+from mres.training.fit import fit, plain_batchnorm
 
 
 def _data():

@@ -118,7 +118,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_a_temp_that_resume_removes(tmp
     # a writer that keeps re-saving a large checkpoint over last.pt, killed in the middle of a write
     writer = subprocess.Popen([sys.executable, "-c", (
         "import sys, torch\n"
-        "from mres.checkpoint import load_checkpoint, save_checkpoint\n"
+        "from mres.training.checkpoint import load_checkpoint, save_checkpoint\n"
         "c = load_checkpoint(sys.argv[1]); c['padding'] = torch.zeros(60_000_000)\n"
         "while True: save_checkpoint(sys.argv[1], c)\n"), str(ck)], cwd=ROOT)
     temps = lambda: list(ck.parent.glob(".last.pt.*.tmp"))  # noqa: E731

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mres.checkpoint import save_checkpoint
+from mres.training.checkpoint import save_checkpoint
 from mres.errors import UserError
-from mres.features import propagate_features, save_figure
+from mres.analysis.features import propagate_features, save_figure
 from mres.models import build_model
 
 RES = 8

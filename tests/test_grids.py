@@ -6,26 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mres.grids import (
-    FAMILIES,
-    OperatorFamily,
-    get_family,
-    prolongate_images,
-    prolongate_stencils,
-    prolongation_matrix_1d,
-    restrict_images,
-    restrict_stencils,
-    restriction_matrix_1d,
-    stencil_map,
-    stencil_map_1d,
-)
+from mres.grids.operators import (FAMILIES, OperatorFamily, get_family, prolongate_images, prolongate_stencils,
+                                  prolongation_matrix_1d, restrict_images, restrict_stencils, restriction_matrix_1d,
+                                  stencil_map, stencil_map_1d)
 
 
 
 pytestmark = pytest.mark.usefixtures("float64")  # dense comparisons at 1e-10 need double precision
 
 
-# The DESIGN §3.1 table written out independently of mres.grids: 1-D weights by offset.
+# The DESIGN §3.1 table written out independently of mres.grids.operators: 1-D weights by offset.
 # R: (R x)_I = Σ_α r_α x_{2I+α};  P: P[2I+β, I] = p_β.
 SPEC = {
     "average-constant": ({0: 0.5, 1: 0.5}, {0: 1.0, 1: 1.0}),
@@ -286,7 +276,7 @@ def test_custom_family_is_accepted():
 
 @pytest.mark.parametrize("family", ["average-constant", "average-bilinear", "fullweighting-linear"])
 def test_dual_head_transfer_against_dense_matrices(family):
-    from mres.grids import prolongate_dual_images, restrict_dual_images
+    from mres.grids.operators import prolongate_dual_images, restrict_dual_images
 
     nc = 5
     p1 = prolongation_matrix_1d(2 * nc, family, periodic=False)

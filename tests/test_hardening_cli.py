@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from mres.checkpoint import save_checkpoint
+from mres.training.checkpoint import save_checkpoint
 from mres.errors import Interrupted, RunFailure, UserError
 from mres.models import build_model, check_model
 
@@ -81,7 +81,7 @@ def test_run_failure_and_empty_messages_exit_1(tmp_path, run_cli, monkeypatch):
 
 def test_disk_full_names_the_folder(tmp_path, run_cli, monkeypatch):
     """A full disk while writing the first checkpoint: `error: no space left on DIR`, exit 1."""
-    import mres.checkpoint as ck
+    import mres.training.checkpoint as ck
 
     real_write = os.write
 
@@ -152,7 +152,7 @@ def _idx_folder(folder: Path, fill: int, gz: bool, n_train: int = 6, n_test: int
 
 
 def test_fashion_reads_dataset_path_not_an_old_cache(tmp_path, monkeypatch):
-    from mres.data import load_dataset
+    from mres.training.data import load_dataset
     from mres.recipe import DatasetConfig
 
     cache = tmp_path / "cache"
@@ -183,7 +183,7 @@ def test_fashion_reads_dataset_path_not_an_old_cache(tmp_path, monkeypatch):
 
 
 def test_between_defaults_to_a_1d_grid_and_needs_two_checkpoints(tmp_path, run_cli):
-    from mres.landscape import LandscapeResult
+    from mres.analysis.landscape import LandscapeResult
 
     _cnn_ckpt(tmp_path / "a.pt", 0)
     _cnn_ckpt(tmp_path / "b.pt", 1)
@@ -339,7 +339,7 @@ def test_surface_tick_labels_do_not_overlap(tmp_path, monkeypatch):
     tick labels only during the draw), no two neighbours on one axis may overlap."""
     from matplotlib.text import Text
 
-    from mres import landscape as ls
+    from mres.analysis import landscape as ls
 
     x = np.linspace(-1, 1, 11)
     X, Y = np.meshgrid(x, x, indexing="ij")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mres.c2f import run_coarse_to_fine
+from mres.c2f.job import run_coarse_to_fine
 from mres.errors import UserError
 from mres.recipe import CoarseToFineRecipe, validate_recipe
 

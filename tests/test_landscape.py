@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mres import landscape as ls
-from mres.checkpoint import save_checkpoint
+from mres.analysis import landscape as ls
+from mres.training.checkpoint import save_checkpoint
 from mres.errors import UserError
 from mres.models import build_model
 
@@ -240,7 +240,7 @@ def test_figures_non_square_grid_and_surface_not_blank(tmp_path):
 # ---------------------------------------------------------------------------- CLI
 
 def test_flag_parsing_errors_name_the_flag():
-    from mres.analysis import checkpoint_labels, parse_grid, parse_range
+    from mres.analysis.runner import checkpoint_labels, parse_grid, parse_range
     from pathlib import Path
 
     assert parse_grid("41x31", 2) == (41, 31) and parse_grid("9", 2) == (9, 9) and parse_grid("9", 1) == (9,)
@@ -297,7 +297,7 @@ def test_cli_landscape_end_to_end_and_errors(tmp_path, run_cli):
 
 
 def test_auto_log_scale_when_losses_span_orders_of_magnitude():
-    from mres.landscape import wants_log_scale
+    from mres.analysis.landscape import wants_log_scale
 
     assert wants_log_scale(np.array([[0.3, 2.0], [40.0, 250.0]]))
     assert not wants_log_scale(np.array([[0.3, 2.0], [4.0, 25.0]]))
@@ -305,7 +305,7 @@ def test_auto_log_scale_when_losses_span_orders_of_magnitude():
 
 
 def test_flat_panel_gets_its_own_contour_levels():
-    from mres.landscape import panel_levels
+    from mres.analysis.landscape import panel_levels
 
     shared = np.linspace(-0.6, 2.9, 30)
     flat = np.linspace(0.364, 0.401, 25).reshape(5, 5)  # between two shared levels: no line would be drawn
@@ -317,7 +317,7 @@ def test_flat_panel_gets_its_own_contour_levels():
 
 
 def test_analysis_inputs_give_user_errors(tmp_path):
-    from mres.analysis import LandscapeRequest, run_features
+    from mres.analysis.runner import LandscapeRequest, run_features
     from mres.errors import UserError
 
     with pytest.raises(UserError, match="mode"):

@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mres.checkpoint import save_checkpoint
+from mres.training.checkpoint import save_checkpoint
 from mres.errors import UserError
 from mres.models import build_model, check_model, find_family
 from mres.models.mgnet import parse_mgnet_name
 from mres.models.poly import parse_poly_name
 from mres.models.resnet import parse_resnet_name
-from mres.spectrum import conv_spectrum, init_coefficients
+from mres.grids.spectrum import conv_spectrum, init_coefficients
 from mres.zoo import count_weights, param_table
 
 
@@ -164,7 +164,7 @@ def test_poly_spectral_init_uses_the_spectrum_at_the_build_resolution():
     m = build("poly-g6", {"widths": [4, 8]}, res=16)
     levels = m.smoothing_levels()
     assert [(lv.level, lv.kinds, lv.coarsening) for lv in levels] == [(1, ["g", "g", "c"], 1), (2, ["g", "g", "c"], 2)]
-    from mres.spectrum import spectrum_boundary
+    from mres.grids.spectrum import spectrum_boundary
 
     # level 1 on 16×16: periodic; level 2 on 8×8 (C·n² = 512): zero-padded under the default 'auto'
     assert [spectrum_boundary("auto", 16 // lv.coarsening, 4 * lv.level) for lv in levels] == ["periodic", "zeros"]

@@ -1,4 +1,4 @@
-"""Weight-space grid operators, MG/OPT and the Galerkin tie (mres/multilevel.py), checked against dense
+"""Weight-space grid operators, MG/OPT and the Galerkin tie (mres/c2f/multilevel.py), checked against dense
 matrices, finite differences and closed-form quadratics."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mres import multilevel as ml
-from mres.data import restrict_to
+from mres.c2f import multilevel as ml
+from mres.training.data import restrict_to
 from mres.models import build_model
 
 FAMILY = "average-bilinear"

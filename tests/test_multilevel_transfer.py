@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mres.grids import prolongation_matrix_1d, restriction_matrix_1d
+from mres.grids.operators import prolongation_matrix_1d, restriction_matrix_1d
 from mres.models import build_model
-from mres.transfer import transfer_weights
+from mres.grids.transfer import transfer_weights
 
 pytestmark = pytest.mark.usefixtures("float64")
 

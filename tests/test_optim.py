@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from mres.optim import CGSteihaug, steihaug_cg
+from mres.training.optim import CGSteihaug, steihaug_cg
 
 
 def _logistic_problem(seed: int = 0, n: int = 60, d: int = 5, k: int = 3):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mres.models import build_model
-from mres.sensitivity import coefficient_sensitivity, scale_free_reason
+from mres.analysis.sensitivity import coefficient_sensitivity, scale_free_reason
 
 
 def _rows(name: str, **opts):
@@ -51,7 +51,7 @@ def test_reason_names_the_placement():
 
 
 def test_coarse_to_fine_report_of_poly_mgnet_has_the_sensitivity_section(tmp_path):
-    from mres.c2f import run_coarse_to_fine
+    from mres.c2f.job import run_coarse_to_fine
     from mres.recipe import CoarseToFineRecipe, validate_recipe
 
     rec = validate_recipe({"dataset": {"name": "synthetic", "synthetic": {"n_train": 96, "n_test": 32, "size": 16,
@@ -69,9 +69,9 @@ def test_coarse_to_fine_report_of_poly_mgnet_has_the_sensitivity_section(tmp_pat
 def test_transfer_diagnostics_record_where_the_spectrum_and_roots_land(tmp_path):
     import json
 
-    from mres.c2f import run_coarse_to_fine
+    from mres.c2f.job import run_coarse_to_fine
     from mres.recipe import CoarseToFineRecipe, validate_recipe
-    from mres.spectrum import conv_spectrum, polynomial_roots
+    from mres.grids.spectrum import conv_spectrum, polynomial_roots
 
     rec = validate_recipe({"dataset": {"name": "synthetic", "synthetic": {"n_train": 64, "n_test": 32, "size": 16,
                                                                           "channels": 3}},
@@ -84,7 +84,7 @@ def test_transfer_diagnostics_record_where_the_spectrum_and_roots_land(tmp_path)
     spectra = json.loads((phase / "diagnostics.json").read_text())["spectra"]
     assert [s["level"] for s in spectra] == [1, 2] and [s["dst"]["grid"] for s in spectra] == [16, 8]
     # the recorded destination box is that of the transferred start model's A (independent recomputation)
-    from mres.checkpoint import load_checkpoint, model_from_checkpoint
+    from mres.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     start = model_from_checkpoint(load_checkpoint(phase / "checkpoints" / "start.pt"))
     lv = start.smoothing_levels()[0]

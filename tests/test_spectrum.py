@@ -8,17 +8,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from mres.models.poly import PolyStep
-from mres.spectrum import (
-    choose_roots,
-    conv_spectrum,
-    init_coefficients,
-    plot_spectrum,
-    polynomial_roots,
-    residual_polynomial,
-    spectral_roots,
-    step_coefficients,
-    step_roots,
-)
+from mres.grids.spectrum import (choose_roots, conv_spectrum, init_coefficients, plot_spectrum, polynomial_roots,
+                                 residual_polynomial, spectral_roots, step_coefficients, step_roots)
 
 
 def dense_circular_conv(weight: torch.Tensor, n: int) -> torch.Tensor:

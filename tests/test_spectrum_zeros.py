@@ -8,7 +8,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from mres.models import build_model
-from mres.spectrum import conv_operator, conv_spectrum, spectrum_boundary
+from mres.grids.spectrum import conv_operator, conv_spectrum, spectrum_boundary
 
 
 def _dense_loops(w: np.ndarray, n: int, periodic: bool) -> np.ndarray:

@@ -1,19 +1,20 @@
 """The strategy table (mres/strategies.py) is the only list of strategies, and fit's hooks fire where
-mres/hooks.py says."""
+mres/training/hooks.py says."""
 
 import typing
 
 import pytest
 import torch
 
-from mres import c2f, transfer
-from mres.data import load_dataset
+from mres.c2f import job as c2f
+from mres.grids import transfer
+from mres.training.data import load_dataset
 from mres.errors import UserError
-from mres.hooks import FitHook
+from mres.training.hooks import FitHook
 from mres.models import build_model
 from mres.recipe import CoarseToFineRecipe, DatasetConfig, TrainConfig, validate_recipe
 from mres.strategies import BASELINE_ORDER, DEFAULTS, STRATEGIES, Variant, variants
-from mres.train import fit
+from mres.training.fit import fit
 
 
 def _accepted_by_recipe() -> set[str]:

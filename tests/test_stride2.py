@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mres.grids import (FAMILIES, prolongate_stencils, prolongation_matrix_1d, restrict_images, restrict_stencils,
-                        restriction_matrix_1d, stencil_map_1d, strided_stencil_map_1d, strided_stencil_map_is_exact)
-from mres.transfer import transfer_weights
+from mres.grids.operators import (FAMILIES, prolongate_stencils, prolongation_matrix_1d, restrict_images,
+                                  restrict_stencils, restriction_matrix_1d, stencil_map_1d, strided_stencil_map_1d,
+                                  strided_stencil_map_is_exact)
+from mres.grids.transfer import transfer_weights
 
 
 def _circulant(theta: torch.Tensor, n: int) -> torch.Tensor:

@@ -10,14 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mres.c2f as c2f_module
-from mres.c2f import run_coarse_to_fine
-from mres.checkpoint import load_checkpoint
-from mres.data import load_dataset
+import mres.c2f.job as c2f_module
+from mres.c2f.job import run_coarse_to_fine
+from mres.training.checkpoint import load_checkpoint
+from mres.training.data import load_dataset
 from mres.errors import UserError
 from mres.models import build_model
 from mres.recipe import CoarseToFineRecipe, DatasetConfig, load_recipe, validate_recipe
-from mres.train import fit, trainable
+from mres.training.fit import fit, trainable
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 ROOT = Path(__file__).resolve().parents[1]

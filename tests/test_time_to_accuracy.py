@@ -11,12 +11,12 @@ import torch
 from scipy import stats as sps
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from mres import stats, tta
-from mres.c2f import budget_matched_epochs, lr_plans, plan_phases, run_coarse_to_fine
-from mres.data import load_dataset
+from mres.c2f import stats, tta
+from mres.c2f.job import budget_matched_epochs, lr_plans, plan_phases, run_coarse_to_fine
+from mres.training.data import load_dataset
 from mres.models import build_model
 from mres.recipe import CoarseToFineRecipe, DatasetConfig, TrainConfig, validate_recipe
-from mres.train import fit, set_momentum
+from mres.training.fit import fit, set_momentum
 
 N_TRAIN = 256
 
@@ -230,8 +230,8 @@ def test_momentum_starts_sgd_where_the_formula_says():
 
 
 def test_carried_momentum_moves_like_the_weights(float64):
-    from mres.grids import restrict_stencils
-    from mres.transfer import transfer_like_weights
+    from mres.grids.operators import restrict_stencils
+    from mres.grids.transfer import transfer_like_weights
 
     torch.manual_seed(0)
     coarse = build_model("cnn", {"width1": 3, "width2": 4}, 1, 10, 8)
@@ -262,9 +262,9 @@ def test_schedule_keys_are_checked(tmp_path):
 @pytest.mark.parametrize("strategy, rule", [("galerkin", "galerkin"), ("mgopt", "transfer")])
 def test_carried_momentum_is_where_the_fine_optimizer_starts(tmp_path, strategy, rule):
     """The buffers move by the weights' rule: mgopt starts as the copy (its record's start)."""
-    from mres.checkpoint import load_checkpoint
-    from mres.train import momentum_buffers
-    from mres.transfer import transfer_like_weights
+    from mres.training.checkpoint import load_checkpoint
+    from mres.training.fit import momentum_buffers
+    from mres.grids.transfer import transfer_like_weights
 
     first_state: dict[int, dict[tuple, torch.Tensor]] = {}
 

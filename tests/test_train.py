@@ -4,12 +4,12 @@ import re
 import pytest
 import torch
 
-from mres.checkpoint import load_checkpoint, save_checkpoint
-from mres.data import load_dataset
+from mres.training.checkpoint import load_checkpoint, save_checkpoint
+from mres.training.data import load_dataset
 from mres.errors import DivergedError, UserError
 from mres.models import build_model
 from mres.recipe import DatasetConfig, ScheduleConfig, TrainConfig
-from mres.train import fit, lr_factor
+from mres.training.fit import fit, lr_factor
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 

@@ -9,15 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mres.grids import prolongate_images, prolongate_stencils, restrict_images, restrict_stencils
+from mres.grids.operators import prolongate_images, prolongate_stencils, restrict_images, restrict_stencils
 from mres.models import build_model
-from mres.transfer import (
-    STRATEGIES,
-    LayerDiag,
-    function_preservation,
-    recalibrate_bn,
-    transfer_weights,
-)
+from mres.grids.transfer import STRATEGIES, LayerDiag, function_preservation, recalibrate_bn, transfer_weights
 
 
 def thesis_cnn(resolution: int, seed: int = 0, **options) -> nn.Module:

@@ -9,11 +9,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mres.grids import (FAMILIES, prolongate_images, prolongation_matrix_1d, restrict_images, restrict_transposed,
-                        restriction_matrix_1d, transposed_stencil_map_1d, transposed_stencil_map_is_exact)
+from mres.grids.operators import (FAMILIES, prolongate_images, prolongation_matrix_1d, restrict_images,
+                                  restrict_transposed, restriction_matrix_1d, transposed_stencil_map_1d,
+                                  transposed_stencil_map_is_exact)
 from mres.models import build_model
 from mres.models.vmgnet import parse_vmgnet_name, prolongation_layout
-from mres.transfer import transfer_weights
+from mres.grids.transfer import transfer_weights
 from mres.zoo import count_weights
 
 
@@ -147,7 +148,7 @@ def test_vmgnet_transfer_restricts_p_exactly_for_average_constant():
 
 
 def test_coarse_to_fine_runs_on_vmgnet(tmp_path):
-    from mres.c2f import run_coarse_to_fine
+    from mres.c2f.job import run_coarse_to_fine
     from mres.recipe import CoarseToFineRecipe, validate_recipe
 
     rec = validate_recipe({"dataset": {"name": "synthetic", "synthetic": {"n_train": 64, "n_test": 32, "size": 16,

@@ -84,7 +84,7 @@ def _split_debug(args: list[str]) -> tuple[list[str], bool]:
 def _error(message: str, code: int, prefix: str = "error:") -> None:
     """One line on stderr (user text escaped: rich would eat ``[best]`` as markup) and exit.
     Under torchrun the line names the rank."""
-    from ..distributed import world
+    from ..training.distributed import world
 
     if world().distributed:
         prefix = f"rank {world().rank}: {prefix}".strip()
@@ -97,14 +97,14 @@ def _join_ranks() -> None:
     """Under torchrun: join the process group; ranks other than 0 print nothing but their errors."""
     import atexit
 
-    from ..distributed import init_from_env, shutdown
+    from ..training.distributed import init_from_env, shutdown
 
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
         return
     w = init_from_env()
     atexit.register(shutdown)
     if not w.main:
-        from ..train import console as train_console
+        from ..training.fit import console as train_console
 
         console.quiet = True
         train_console.quiet = True

@@ -1,6 +1,6 @@
 """`mres landscape` (loss landscapes, Li et al. 2018) and `mres features` (propagated features).
 
-Flag checking only; the work is in ``mres.analysis``.
+Flag checking only; the work is in ``mres.analysis.runner``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def landscape_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Loss landscape: 2-D / 1-D slices along filter-normalised random directions, or A→B interpolation."""
-    from .. import analysis as an
+    from ..analysis import runner as an
 
     # --- flags -------------------------------------------------------------------------
     if between and len(ckpts or []) != 2:
@@ -129,7 +129,7 @@ def features_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
 ) -> None:
     """Propagated features (thesis Figs. 4.4/4.6): feature maps after every stage, one row per checkpoint."""
-    from .. import analysis as an
+    from ..analysis import runner as an
 
     if split not in ("train", "test"):
         raise UserError(f"--split {split!r}: expected train or test")

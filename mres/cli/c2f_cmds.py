@@ -23,18 +23,18 @@ def coarse_to_fine_cmd(
     quiet: bool = QuietOpt,
 ) -> None:
     """Train coarse, transfer with every strategy, train fine; write the comparison report."""
-    from ..c2f import run_coarse_to_fine
+    from ..c2f.job import run_coarse_to_fine
     from ..recipe import CoarseToFineRecipe
 
     rec, run_dir = recipe_and_run_dir(recipe, out, set_, resume, CoarseToFineRecipe, "coarse-to-fine")
-    from ..distributed import barrier, world
+    from ..training.distributed import barrier, world
 
     summary = run_coarse_to_fine(rec, run_dir, progress=not quiet)
     if (rec.analysis.landscape or rec.analysis.features) and world().main:  # what exists is analysed
-        from ..analysis import analyse_coarse_to_fine
+        from ..analysis.runner import analyse_coarse_to_fine
 
         analyse_coarse_to_fine(rec, run_dir, progress=not quiet)
-        from ..report import write_report
+        from ..c2f.report import write_report
 
         write_report(run_dir)
     barrier()
@@ -47,8 +47,8 @@ def coarse_to_fine_cmd(
 def print_summary(summary: dict) -> None:
     from rich.markup import escape
 
-    from ..report import _ms
-    from ..stats import significance_mark
+    from ..c2f.report import _ms
+    from ..c2f.stats import significance_mark
 
     res = summary["resolutions"]
     base = summary.get("baseline")
@@ -101,7 +101,7 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="A coarse-to-fine run di
     """Regenerate report.md / report.html / figures of a coarse-to-fine run."""
     import json
 
-    from ..report import write_report
+    from ..c2f.report import write_report
 
     from rich.markup import escape
 
@@ -132,10 +132,10 @@ def transfer_cmd(
 
     from rich.markup import escape
 
-    from ..checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-    from ..grids import FAMILIES
+    from ..training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from ..grids.operators import FAMILIES
     from ..models import build_model
-    from ..transfer import COEFFICIENT_POLICIES, STRATEGIES, function_preservation, transfer_weights
+    from ..grids.transfer import COEFFICIENT_POLICIES, STRATEGIES, function_preservation, transfer_weights
 
     if to not in ("fine", "coarse"):
         raise UserError(f"--to {to!r}: allowed fine, coarse")
@@ -188,7 +188,7 @@ def transfer_cmd(
                       "—" if d.galerkin_residual is None else f"{d.galerkin_residual:.2e}")
     console.print(table)
     if samples > 0 and "recipe" in c:
-        from ..data import load_eval_subset
+        from ..training.data import load_eval_subset
 
         try:
             x, _ = load_eval_subset(c["recipe"]["dataset"], "test", samples, max(res, new_res))

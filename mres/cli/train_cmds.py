@@ -92,7 +92,7 @@ def train_cmd(
 ) -> None:
     """Train one model at one resolution."""
     from ..recipe import TrainRecipe
-    from ..train import train_job
+    from ..training.fit import train_job
 
     rec, run_dir = recipe_and_run_dir(recipe, out, set_, resume, TrainRecipe, "train")
     console.print(f"run directory: [bold]{escape(str(run_dir))}[/]")
@@ -120,10 +120,10 @@ def evaluate_cmd(
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
 ) -> None:
     """Evaluate a checkpoint on its dataset."""
-    from ..checkpoint import load_checkpoint, model_from_checkpoint
-    from ..data import load_dataset
+    from ..training.checkpoint import load_checkpoint, model_from_checkpoint
+    from ..training.data import load_dataset
     from ..recipe import DatasetConfig
-    from ..train import evaluate, select_device
+    from ..training.fit import evaluate, select_device
 
     if split not in ("train", "test"):
         raise UserError(f"--split {split!r}: allowed train, test")
@@ -159,7 +159,7 @@ def datasets_cmd(
     n_test: Optional[int] = typer.Option(None, "--test", help="Test images of --sample-cifar (default 50)."),
 ) -> None:
     """What datasets are available here and how to get the rest."""
-    from ..data import CIFAR_FOLDERS, dataset_status, write_sample_cifar
+    from ..training.data import CIFAR_FOLDERS, dataset_status, write_sample_cifar
 
     if sample_cifar is None:
         if n_train is not None or n_test is not None:

@@ -65,9 +65,10 @@ def spectrum_cmd(
                                      "table (0: skip it)."),
 ) -> None:
     """Spectrum of every level's A with the smoothing polynomial's roots."""
-    from ..checkpoint import load_checkpoint, model_from_checkpoint
-    from ..spectrum import SPECTRUM_BOUNDARIES, plot_spectrum, polynomial_roots, residual_polynomial, spectrum_boundary
-    from ..spectrum import conv_spectrum
+    from ..training.checkpoint import load_checkpoint, model_from_checkpoint
+    from ..grids.spectrum import (SPECTRUM_BOUNDARIES, plot_spectrum, polynomial_roots, residual_polynomial,
+                                  spectrum_boundary)
+    from ..grids.spectrum import conv_spectrum
 
     data = load_checkpoint(ckpt)
     model = model_from_checkpoint(data)
@@ -106,9 +107,9 @@ def spectrum_cmd(
 
 def _sensitivity_section(model, data: dict, samples: int) -> None:
     """Per level and step: gradient norm and logit change under coefficients × 2, with the flags."""
-    from ..data import load_dataset
+    from ..training.data import load_dataset
     from ..recipe import DatasetConfig
-    from ..sensitivity import coefficient_sensitivity, sensitivity_table
+    from ..analysis.sensitivity import coefficient_sensitivity, sensitivity_table
 
     rec = data.get("recipe") or {}
     try:
@@ -130,7 +131,7 @@ def _sensitivity_section(model, data: dict, samples: int) -> None:
 
 def _square_grid(text: str) -> int:
     """``--grid`` of ``mres spectrum``: N or NxN with the parser of ``mres landscape --grid`` (square only)."""
-    from ..analysis import parse_grid
+    from ..analysis.runner import parse_grid
 
     nx, ny = parse_grid(text, 2)
     if nx != ny:

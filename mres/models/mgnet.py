@@ -75,7 +75,7 @@ class SmoothingLevel(NamedTuple):
     """One level of an MgNet-type model, as the spectrum code needs it.
 
     ``coeffs``/``kinds``: the polynomial smoothing steps (Poly-MgNet; empty for MgNet), see
-    :mod:`mres.spectrum` for the kinds.  ``coarsening``: the level's grid is the input grid / coarsening.
+    :mod:`mres.grids.spectrum` for the kinds.  ``coarsening``: the level's grid is the input grid / coarsening.
     """
 
     level: int

@@ -11,7 +11,7 @@ so ``poly-q2`` = ``poly-qq``, ``poly-g4`` = ``poly-gg``, ``poly-g6`` = ``poly-gg
 code builds one pair step at most, so its g8 (Table 4) is ĝĝĝq̃: ``poly-gggc`` (same weight count up
 to one coefficient per level).  Every level runs the same steps.
 
-Each step is one factor of the residual polynomial (kinds and coefficients: :mod:`mres.spectrum`)::
+Each step is one factor of the residual polynomial (kinds and coefficients: :mod:`mres.grids.spectrum`)::
 
     q:  u ← u + α r                 r ← (1 − αA) r
     g:  u ← u + A(α r)              r ← (1 − αA²) r
@@ -62,7 +62,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 
-from ..spectrum import init_coefficients, level_spectrum
+from ..grids.spectrum import init_coefficients, level_spectrum
 from .mgnet import MultilevelNet, SmoothingLevel, conv3x3, scale_widths, transfer_conv, zeros_like_grid
 from .registry import ModelFamily, ModelOptions, register_family
 

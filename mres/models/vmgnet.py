@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..grids import get_family
+from ..grids.operators import get_family
 from .mgnet import MgNet, MgNetOptions, MgNetSpec, conv3x3, parse_int_list, parse_widths, zeros_like_grid
 from .registry import ModelFamily, register_family
 

@@ -15,11 +15,11 @@ import os
 import torch
 import torch.nn.functional as F
 
-from mres.data import load_dataset, restrict_to
+from mres.training.data import load_dataset, restrict_to
 from mres.models import build_model
-from mres.multilevel import batch_loss, tied_weights
+from mres.c2f.multilevel import batch_loss, tied_weights
 from mres.recipe import DatasetConfig
-from mres.train import configure_runtime
+from mres.training.fit import configure_runtime
 
 
 def top_eigenvalue(loss_fn, params: list[torch.Tensor], iters: int = 30) -> float:

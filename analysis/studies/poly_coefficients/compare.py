@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mres.report import variant_dir_name as slug
-from mres.stats import paired_test
-from mres.transfer import inside_box
+from mres.c2f.report import variant_dir_name as slug
+from mres.c2f.stats import paired_test
+from mres.grids.transfer import inside_box
 
 HERE = Path(__file__).resolve().parent
 ROWS = ("default", "eq22", "eq23", "eq24", "eq23+24")

@@ -1,5 +1,5 @@
 """Thesis Tables 4.1–4.4 beside ours: each cell mean ± std over the trials finished so far, and the
-ordering verdicts (paired tests from mres.stats; Welch's t-test between tables of different models).
+ordering verdicts (paired tests from mres.c2f.stats; Welch's t-test between tables of different models).
 
 Reads the run directories of run.sh (``runs/thesis_tables/table4N[_*]/trial*/<variant>/fine-28/result.json``),
 so a study still running is summarised as far as it got; a table with no run directory here is taken from the
@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from scipy import stats as sps
 
-from mres.stats import paired_test
+from mres.c2f.stats import paired_test
 
 HERE = Path(__file__).resolve().parent
 ROWS = {"fresh": "New", "transfer": "Transfer", "galerkin": "Multigrid"}
@@ -157,7 +157,7 @@ def main() -> None:
     md = ["# Thesis Tables 4.1–4.4: the thesis (MNIST) beside mres (Fashion-MNIST), the protocol as written", "",
           "Cells: accuracy in %, mean ± std over the finished trials; the thesis's printed value after the slash. "
           "The thesis ran MNIST; these runs are Fashion-MNIST (no MNIST here), so levels differ and orderings are "
-          "what can be compared. Paired tests: `mres.stats.paired_test` (t-test; sign test without spread; "
+          "what can be compared. Paired tests: `mres.c2f.stats.paired_test` (t-test; sign test without spread; "
           "Wilcoxon from 6 trials).", ""]
     out_json: dict[str, Any] = {}
     for t, d in data.items():

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from mres import stats
+from mres.c2f import stats
 
 
 def main() -> None:

@@ -42,8 +42,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import atomic_write
-from .errors import UserError
+from ..training.checkpoint import atomic_write
+from ..errors import UserError
 
 DIRECTIONS_FORMAT = "mres-directions/1"
 LANDSCAPE_FORMAT = "mres-landscape/1"

@@ -29,11 +29,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .checkpoint import atomic_write, remove_stale_temps, save_checkpoint
 from .data import TensorData, iterate_batches, num_batches
 from .distributed import all_reduce_max, all_reduce_sum, barrier, group, shard, world
-from .errors import DivergedError, Interrupted, UserError
+from ..errors import DivergedError, Interrupted, UserError
 from .hooks import FitHook, set_momentum  # noqa: F401  (set_momentum: public here as before)
 from .optim import CGSteihaug
 from .steps import make_step
-from .recipe import AugmentConfig, OptimizerConfig, ScheduleConfig, TrainConfig, TrainRecipe
+from ..recipe import AugmentConfig, OptimizerConfig, ScheduleConfig, TrainConfig, TrainRecipe
 
 console = Console(stderr=True)
 
@@ -45,7 +45,7 @@ def select_device(name: str = "auto") -> torch.device:
     if name == "cuda" and torch.cuda.is_available() and group().distributed:
         return torch.device("cuda", group().local_rank)  # torchrun: one device per rank
     if name == "cuda" and not torch.cuda.is_available():
-        from .errors import UserError
+        from ..errors import UserError
 
         raise UserError("device 'cuda' requested but no CUDA device is available; use device: cpu or auto")
     return torch.device(name)
@@ -215,7 +215,7 @@ def fit(
     ``extra`` goes into every checkpoint (recipe, arch, resolution, ...); ``resume`` is a
     checkpoint dict written by this function, from which training continues exactly.
     ``lr_plan`` places this phase in a longer schedule (default: the phase's own); ``hooks``
-    (:mod:`mres.hooks`) attach at the start, to every step's objective, after every optimizer step
+    (:mod:`mres.training.hooks`) attach at the start, to every step's objective, after every optimizer step
     and after every epoch (momentum carry, MG/OPT corrections, the joint multiscale term).
     A non-finite loss, test loss or weight raises :class:`DivergedError`; the last good
     checkpoint is kept and the epoch's metrics row marks the non-finite values (``null``).
@@ -548,8 +548,8 @@ def train_job(recipe: TrainRecipe, run_dir: Path, resume: bool = False, progress
     """
     from .checkpoint import load_checkpoint
     from .data import load_dataset
-    from .models import build_model
-    from .recipe import dump_yaml, to_plain
+    from ..models import build_model
+    from ..recipe import dump_yaml, to_plain
 
     run_dir = Path(run_dir)
     configure_runtime(recipe.threads, recipe.train.deterministic)

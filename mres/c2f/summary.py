@@ -12,8 +12,8 @@ import math
 from typing import Any
 
 from . import stats, tta
-from .recipe import CoarseToFineRecipe, to_plain
-from .strategies import BASELINE_ORDER, PAIRED_REFERENCE, Variant
+from ..recipe import CoarseToFineRecipe, to_plain
+from ..strategies import BASELINE_ORDER, PAIRED_REFERENCE, Variant
 
 COLLAPSE_DROP = 0.20  # final test accuracy this far below the accuracy at transfer: collapsed
 COLLAPSE_MARGIN = 0.05  # ... or within this of chance

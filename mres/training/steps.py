@@ -1,9 +1,9 @@
 """One optimizer step of :func:`mres.train.fit`, whichever optimizer takes it.
 
 - :class:`ScheduledStep` — a torch optimizer (SGD, Adam, AdamW) whose lr follows the phase's
-  :class:`~mres.train.LRPlan` (one ``LambdaLR`` step per optimizer step), with optional gradient
+  :class:`~mres.training.fit.LRPlan` (one ``LambdaLR`` step per optimizer step), with optional gradient
   clipping; its metrics row reports the lr of the epoch's last step.
-- :class:`TrustRegionStep` — :class:`~mres.optim.CGSteihaug`: its radius sets the step, no lr
+- :class:`TrustRegionStep` — :class:`~mres.training.optim.CGSteihaug`: its radius sets the step, no lr
   schedule; the step re-evaluates the objective on the same batch for its ratio test; its row
   reports the radius and the share of accepted steps.
 

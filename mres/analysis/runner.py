@@ -26,9 +26,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import landscape as ls
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data import load_eval_subset
-from .errors import UserError
+from ..training.checkpoint import load_checkpoint, model_from_checkpoint
+from ..training.data import load_eval_subset
+from ..errors import UserError
 
 console = Console()
 
@@ -330,7 +330,7 @@ def coarse_to_fine_checkpoints(rec: Any, run_dir: Path) -> list[tuple[str, Path]
     """
     import json
 
-    from .strategies import Variant
+    from ..strategies import Variant
 
     t = run_dir / f"trial{rec.analysis.trial}"
     res = rec.resolutions

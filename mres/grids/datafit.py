@@ -41,8 +41,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import UserError
-from .grids import restrict_images
+from ..errors import UserError
+from .operators import restrict_images
 
 FITTED = (nn.Conv2d, nn.Linear)
 DUAL_ABOVE = 4096  # unknowns per output above which a layer is solved in the dual (flatten heads)

@@ -32,21 +32,22 @@ import torch
 import torch.nn as nn
 from rich.markup import escape
 
-from .checkpoint import atomic_write, load_checkpoint
-from .data import TensorData, iterate_batches, load_dataset
-from .datafit import distill, fit_to_coarse, refuse_polynomial
-from .distributed import agreed, alone, barrier, barrier_all, group, world
-from .errors import DivergedError, Interrupted, UserError
-from .hooks import CarryMomentum, FitHook
-from .models import build_model
+from ..training.checkpoint import atomic_write, load_checkpoint
+from ..training.data import TensorData, iterate_batches, load_dataset
+from ..grids.datafit import distill, fit_to_coarse, refuse_polynomial
+from ..training.distributed import agreed, alone, barrier, barrier_all, group, world
+from ..errors import DivergedError, Interrupted, UserError
+from ..training.hooks import CarryMomentum, FitHook
+from ..models import build_model
 from .phases import (Phase, budget_matched_epochs, check_phase, lr_plans, phase_config,  # noqa: F401 (public here)
                      pixel_work, plan_phases)
-from .recipe import CoarseToFineRecipe, TrainConfig, dump_yaml, parse_yaml, to_plain
-from .strategies import Strategy, Variant, variants as strategy_variants
+from ..recipe import CoarseToFineRecipe, TrainConfig, dump_yaml, parse_yaml, to_plain
+from ..strategies import Strategy, Variant, variants as strategy_variants
 from .summary import is_collapsed, summarize  # noqa: F401 (public here)
-from .train import (LRPlan, configure_runtime, console, evaluate, fit, json_safe, momentum_buffers, select_device,
-                    save_checkpoint_main, trainable, write_metrics)
-from .transfer import function_preservation, level_spectra, recalibrate_bn, transfer_like_weights, transfer_weights
+from ..training.fit import (LRPlan, configure_runtime, console, evaluate, fit, json_safe, momentum_buffers,
+                            select_device, save_checkpoint_main, trainable, write_metrics)
+from ..grids.transfer import (function_preservation, level_spectra, recalibrate_bn, transfer_like_weights,
+                              transfer_weights)
 
 
 def variants(recipe: CoarseToFineRecipe, has_coefficients: bool) -> list[Variant]:
@@ -461,11 +462,11 @@ class CoarseToFine:
     @staticmethod
     def _sensitivity(phase_dir: Path, model: nn.Module, data: TensorData, result: dict[str, Any]) -> None:
         """Poly-MgNet: how much each step's coefficients act at the end of the phase (monitoring, not
-        counted): ``sensitivity.json``, shown in the report (mres/sensitivity.py)."""
+        counted): ``sensitivity.json``, shown in the report (mres/analysis/sensitivity.py)."""
         path = phase_dir / "sensitivity.json"
         if agreed(path.exists()) or result.get("diverged") or not _has_coefficients(model):
             return
-        from .sensitivity import coefficient_sensitivity
+        from ..analysis.sensitivity import coefficient_sensitivity
 
         _write_json(path, coefficient_sensitivity(model, data.x_train[:64], data.y_train[:64]))
 

@@ -1,6 +1,6 @@
 """Grid transfer operators, the Galerkin stencil map and image restriction (DESIGN §3.1–3.2).
 
-Pure functions on tensors; nothing here knows about ``nn.Module`` (that is ``mres.transfer``).
+Pure functions on tensors; nothing here knows about ``nn.Module`` (that is ``mres.grids.transfer``).
 
 Conventions
 -----------

@@ -58,19 +58,9 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn as nn
 
-from .grids import (
-    get_family,
-    prolongate_dual_images,
-    prolongate_images,
-    restrict_dual_images,
-    prolongate_stencils,
-    prolongate_transposed,
-    restrict_transposed,
-    strided_stencil_map_is_exact,
-    transposed_stencil_map_is_exact,
-    restrict_images,
-    restrict_stencils,
-)
+from .operators import (get_family, prolongate_dual_images, prolongate_images, restrict_dual_images,
+                        prolongate_stencils, prolongate_transposed, restrict_transposed, strided_stencil_map_is_exact,
+                        transposed_stencil_map_is_exact, restrict_images, restrict_stencils)
 from .spectrum import init_coefficients, level_spectrum, step_roots
 
 STRATEGIES: tuple[str, ...] = ("fresh", "transfer", "galerkin", "galerkin-reg")
@@ -271,7 +261,7 @@ class _Mover:
     def __init__(self, strategy: str, family: str, lam: float, direction: str, coefficient_policy: str,
                  keep_graph: bool = False):
         self.strategy = strategy
-        # keep_graph: the rules as differentiable functions of the source tensors (mres.multilevel)
+        # keep_graph: the rules as differentiable functions of the source tensors (mres.c2f.multilevel)
         self._src: Callable[[torch.Tensor], torch.Tensor] = (lambda t: t) if keep_graph else (lambda t: t.detach())
         self.family = family
         self.lam = lam

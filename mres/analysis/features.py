@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import UserError
+from ..errors import UserError
 
 
 @torch.no_grad()

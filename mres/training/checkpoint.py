@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .errors import UserError
+from ..errors import UserError
 
 FORMAT = "mres-checkpoint/1"
 
@@ -33,7 +33,7 @@ def versions() -> dict[str, str]:
 
 
 def _mres_version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -166,7 +166,7 @@ def arch_of(model: nn.Module, name: str, options: dict[str, Any], in_channels: i
 
 def model_from_checkpoint(ckpt: dict[str, Any], resolution: int | None = None) -> nn.Module:
     """Rebuild the model a checkpoint holds (at its own resolution unless told otherwise)."""
-    from .models import build_model
+    from ..models import build_model
 
     arch = ckpt["arch"]
     res = ckpt["resolution"] if resolution is None else resolution

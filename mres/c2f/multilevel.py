@@ -3,8 +3,8 @@ coarse models (issue: multigrid training beyond one-shot transfer).
 
 Conventions, stated once. A *level* is one model of the architecture, built at one grid; level 0 is
 the finest, level ℓ+1 has half the grid. Weights are dicts ``parameter name → tensor`` (the
-``named_parameters`` of a level's model); every operator is linear and is ``mres.transfer``'s
-per-tensor rules run differentiably (:func:`mres.transfer.move_tensors`), so no rule exists twice:
+``named_parameters`` of a level's model); every operator is linear and is ``mres.grids.transfer``'s
+per-tensor rules run differentiably (:func:`mres.grids.transfer.move_tensors`), so no rule exists twice:
 
 * restriction ``I_h^H w``: the Galerkin map ``θ_2h = M θ_h`` for stencils, ``Pᵀ`` for flatten heads,
   identity for pointwise tensors (biases, BN affine, 1×1 convs, polynomial coefficients);
@@ -29,12 +29,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from .data import restrict_to
-from .hooks import FitHook
-from .transfer import move_tensors
+from ..training.data import restrict_to
+from ..training.hooks import FitHook
+from ..grids.transfer import move_tensors
 
 Weights = dict[str, torch.Tensor]
-PROLONGATIONS = {"galerkin": "galerkin", "copy": "transfer"}  # name here → mres.transfer strategy
+PROLONGATIONS = {"galerkin": "galerkin", "copy": "transfer"}  # name here → mres.grids.transfer strategy
 
 
 def weights_of(model: nn.Module) -> Weights:

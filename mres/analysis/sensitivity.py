@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .spectrum import step_coefficients, step_roots
+from ..grids.spectrum import step_coefficients, step_roots
 
 
 def scale_free_reason(step: nn.Module) -> str | None:

@@ -19,10 +19,10 @@ from typing import Any
 
 from rich.markup import escape
 
-from .data import num_batches
-from .errors import UserError
-from .recipe import CoarseToFineRecipe, TrainConfig
-from .train import LRPlan, console
+from ..training.data import num_batches
+from ..errors import UserError
+from ..recipe import CoarseToFineRecipe, TrainConfig
+from ..training.fit import LRPlan, console
 
 
 @dataclass(frozen=True)

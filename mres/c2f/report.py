@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
-from .strategies import PAIRED_REFERENCE, STRATEGIES, variant_dir_name  # noqa: F401 (variant_dir_name: public here)
+from ..errors import UserError
+from ..strategies import PAIRED_REFERENCE, STRATEGIES, variant_dir_name  # noqa: F401 (variant_dir_name: public here)
 
 Section = tuple  # ("h1"|"h2"|"p"|"table"|"img", ...)
 
@@ -167,8 +167,8 @@ def _stage_sections(summary: dict[str, Any]) -> list[Section]:
 
 
 def _sensitivity_sections(run_dir: Path) -> list[Section]:
-    """Poly-MgNet: per phase of trial 0, how much each step's coefficients act (mres/sensitivity.py)."""
-    from .sensitivity import sensitivity_table
+    """Poly-MgNet: per phase of trial 0, how much each step's coefficients act (mres/analysis/sensitivity.py)."""
+    from ..analysis.sensitivity import sensitivity_table
 
     files = sorted((run_dir / "trial0").glob("coarse-*/sensitivity.json")) + \
         sorted((run_dir / "trial0").glob("*/fine-*/sensitivity.json"))

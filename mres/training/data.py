@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
-from .recipe import DatasetConfig
+from ..errors import UserError
+from ..recipe import DatasetConfig
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -90,7 +90,7 @@ def restrict_to(x: torch.Tensor, resolution: int, family: str = "average-bilinea
         if family in ("average-constant", "average-bilinear"):
             x = F.avg_pool2d(x, 2)  # R of both average families: mean of each 2×2 block
         else:
-            from .grids import restrict_images
+            from ..grids.operators import restrict_images
 
             x = restrict_images(x, family)
     return x
