@@ -114,6 +114,9 @@ def sweep(args: argparse.Namespace) -> list[Point]:
             epochs_per_grid=[ce, fe], schedule_scope="run", **keeping)
         add(f"keep-phase-c{ce}-f{fe}", f"{coarse}→{fine} phase-scope c{ce}+f{fe}, keeping transfers",
             epochs_per_grid=[ce, fe], schedule_scope="phase", fine={"optimizer": {**OPT, "lr": 0.02}}, **keeping)
+    for ce in ([] if quick else [4, 8]):  # two fine epochs: does a kept start reach fine-only's best accuracy?
+        add(f"keep-run-c{ce}-f2", f"{coarse}→{fine} run-scope c{ce}+f2, data fit and distill",
+            epochs_per_grid=[ce, 2], schedule_scope="run", strategies=["galerkin-data", "distill"])
     # MG/OPT (mres/c2f/multilevel.py): the one-shot run-scope schedule plus coarse corrections in the fine phase
     mg: list[Point] = []
     for ce, fe in ([(8, 1)] if quick else [(4, 1), (8, 1), (8, 2)]):

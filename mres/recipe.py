@@ -9,6 +9,7 @@ Two recipe kinds share their blocks: :class:`TrainRecipe` (one model, one resolu
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -50,6 +51,12 @@ class DatasetConfig(Strict):
     normalize: bool = True
     augment: AugmentConfig = AugmentConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
+
+    @field_validator("path", "data_root")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        # a run stores its recipe: an absolute path keeps it usable from any directory
+        return v if not v else os.path.abspath(os.path.expanduser(v))
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DatasetConfig":
@@ -501,6 +508,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 RecipeT = Union[TrainRecipe, CoarseToFineRecipe]
 
 
+def override_dataset(dataset: Any, overrides: list[str] | None, source: str) -> dict[str, Any]:
+    """A stored run's dataset block with ``--set dataset.key=value`` applied and validated (commands that
+    load a checkpoint's data: evaluate, transfer, landscape, features, spectrum)."""
+    if not isinstance(dataset, dict):
+        raise UserError(f"{source}: the checkpoint's recipe has no dataset block; cannot load its data")
+    bad = [o for o in overrides or [] if not o.split("=", 1)[0].strip().startswith("dataset.")]
+    if bad:
+        keys = ", ".join(f"dataset.{k}" for k in DatasetConfig.model_fields)
+        raise UserError(f"--set {bad[0]}: this command loads only the run's data; allowed keys: {keys}")
+    raw = apply_overrides({"dataset": dict(dataset)}, list(overrides or []))["dataset"]
+    try:
+        return DatasetConfig.model_validate(raw).model_dump()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise UserError(f"{source}: dataset{'.' + loc if loc else ''}: {_explain(DatasetConfig, err)}") from None
+
+
 def read_recipe_text(path: Path) -> str:
     """The recipe's text; a binary or non-UTF-8 file is a UserError naming it (not a UnicodeDecodeError)."""
     try:
@@ -577,13 +602,9 @@ def _semantic_problems(recipe: RecipeT) -> list[tuple[str, str]]:
     native = NATIVE_RESOLUTION.get(recipe.dataset.name)
     if recipe.dataset.name == "synthetic":
         native = recipe.dataset.synthetic.size
-    if native is not None:
-        for r in recipe.grid_resolutions():
-            ratio = native / r
-            if r > native or ratio != 2 ** round(math.log2(ratio)):
-                key = "resolution" if isinstance(recipe, TrainRecipe) else "resolutions"
-                problems.append((key, f"{r} is not reachable from the {recipe.dataset.name} images "
-                                      f"({native}×{native}) by halving; allowed: {_halvings(native)}"))
+    if native is not None:  # npz: its image size is known only once loaded (mres.training.preflight then)
+        key = "resolution" if isinstance(recipe, TrainRecipe) else "resolutions"
+        problems += [(key, m) for _, m in resolution_problems(recipe.grid_resolutions(), native, recipe.dataset.name)]
     if isinstance(recipe, CoarseToFineRecipe):
         a = recipe.analysis
         if (a.landscape or a.features) and a.trial >= recipe.trials:
@@ -591,12 +612,6 @@ def _semantic_problems(recipe: RecipeT) -> list[tuple[str, str]]:
         problems += recipe.schedule_problems()
     return problems
 
-
-def _halvings(native: int) -> str:
-    out = [native]
-    while out[-1] % 2 == 0 and out[-1] > 2:
-        out.append(out[-1] // 2)
-    return ", ".join(map(str, out))
 
 
 def _explain(kind: type[BaseModel], err: dict[str, Any]) -> str:
@@ -635,3 +650,18 @@ def to_plain(recipe: BaseModel) -> dict[str, Any]:
 
 def dump_yaml(recipe: BaseModel) -> str:
     return yaml.safe_dump(to_plain(recipe), sort_keys=False)
+
+
+def halvings(native: int) -> list[int]:
+    """The grids reachable from ``native``×``native`` images by halving."""
+    out = [native]
+    while out[-1] % 2 == 0 and out[-1] > 2:
+        out.append(out[-1] // 2)
+    return out
+
+
+def resolution_problems(resolutions: list[int], native: int, dataset: str) -> list[tuple[str, str]]:
+    """Each grid must be the images' size divided by a power of two."""
+    return [("resolutions", f"{r} is not reachable from the {dataset} images ({native}×{native}) by halving; "
+                            f"allowed: {', '.join(map(str, halvings(native)))}")
+            for r in resolutions if r > native or native / r != 2 ** round(math.log2(native / r))]

@@ -371,6 +371,19 @@ def parse_axis(lo: float, hi: float, n: int) -> np.ndarray:
     return xs
 
 
+def with_endpoints(xs: np.ndarray, ends: Sequence[float] = (0.0, 1.0)) -> np.ndarray:
+    """``xs`` with the interpolation's end points t = 0 (checkpoint A) and t = 1 (B) added where the grid
+    misses them: an A→B curve that never evaluates A or B cannot show where they lie."""
+    xs = np.asarray(xs, dtype=float).copy()
+    tol = 1e-9 * max(1.0, float(np.ptp(xs)) if xs.size else 1.0)
+    for e in ends:
+        near = np.abs(xs - e) < tol
+        xs[near] = e  # a grid point within rounding of an end point is that end point
+        if not near.any():
+            xs = np.append(xs, e)
+    return np.sort(xs)
+
+
 @dataclass
 class SliceJob:
     """One row of a landscape: a model, its evaluation subset, base point and directions."""
@@ -715,8 +728,15 @@ def _plot_curves(series: list[tuple[LandscapeResult, str, str]], out_dir: Path, 
         acc_ax.set_ylabel("accuracy (dashed)")
         ax.set_title(series[0][0].labels[k])
         ax.axvline(0, color="0.6", linewidth=0.8)
-        if between:
+        if between:  # the two checkpoints themselves, marked on the curve and named
             ax.axvline(1, color="0.6", linewidth=0.8)
+            res0 = series[0][0]
+            ends = [(t, name) for t, name in zip((0.0, 1.0), res0.settings.get("checkpoint_labels") or ("A", "B"))
+                    if np.any(np.isclose(res0.x, t))]
+            for t, name in ends:
+                i = int(np.argmin(np.abs(res0.x - t)))
+                ax.plot([t], [res0.loss[k][i]], "o", color="k", markersize=5, zorder=5)
+                ax.annotate(name, (t, res0.loss[k][i]), textcoords="offset points", xytext=(4, 6), fontsize=7)
         if len(series) > 1:
             lines = ax.get_lines()[: len(series)] + acc_ax.get_lines()
             ax.legend(lines, [ln.get_label() for ln in lines], fontsize=6, loc="center right", framealpha=0.6)

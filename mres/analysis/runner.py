@@ -24,9 +24,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from . import landscape as ls
 from ..training.checkpoint import load_checkpoint, model_from_checkpoint
+from ..recipe import override_dataset
 from ..training.data import load_eval_subset
 from ..errors import UserError
 
@@ -100,11 +102,15 @@ class Loaded:
 
 
 def load_models(paths: Sequence[Path], labels: Sequence[str], device: torch.device,
-                same_arch: bool = True) -> list[Loaded]:
-    """Each checkpoint's model in eval mode on ``device``; one architecture per call when ``same_arch``."""
+                same_arch: bool = True, overrides: Sequence[str] = ()) -> list[Loaded]:
+    """Each checkpoint's model in eval mode on ``device``; one architecture per call when ``same_arch``.
+    ``overrides`` (``--set dataset.key=value``) correct the stored dataset block, e.g. a moved file."""
     loaded = []
     for path, label in zip(paths, labels):
         ckpt = load_checkpoint(path)
+        if overrides:
+            ckpt.setdefault("recipe", {})["dataset"] = override_dataset(
+                (ckpt.get("recipe") or {}).get("dataset"), list(overrides), str(path))
         loaded.append(Loaded(label, ckpt, model_from_checkpoint(ckpt).to(device).eval()))
     archs = {json.dumps(item.ckpt["arch"], sort_keys=True) for item in loaded}
     if same_arch and len(archs) > 1:
@@ -164,6 +170,7 @@ class LandscapeRequest:
     vmax: float | None = None
     log: bool | None = None  # None: log10 colour scale when the losses span > 100×
     progress: bool = True
+    overrides: list[str] = field(default_factory=list)  # --set dataset.key=value
 
     def __post_init__(self) -> None:  # for callers other than the CLI, which checks its flags itself
         dims = {"1d": 1, "2d": 2, "between": 1}
@@ -182,11 +189,13 @@ class LandscapeRequest:
 def run_landscape(req: LandscapeRequest) -> tuple[ls.LandscapeResult, list[Path]]:
     """Evaluate (or resume, or re-plot) a landscape into ``req.out``; print its summary table."""
     xs = ls.parse_axis(*req.xrange, req.sizes[0])
+    if req.mode == "between":
+        xs = ls.with_endpoints(xs)  # t = 0 is A and t = 1 is B: always evaluated, marked on the plot
     ys = ls.parse_axis(*req.yrange, req.sizes[1]) if req.mode == "2d" else None
     names = list(req.labels) if req.labels is not None else checkpoint_labels(req.paths)
     if len(names) != len(req.paths):
         raise UserError(f"labels: {len(names)} labels for {len(req.paths)} checkpoints")
-    loaded = load_models(req.paths, names, req.device)
+    loaded = load_models(req.paths, names, req.device, overrides=req.overrides)
     data = eval_subsets(loaded, req.split, req.samples, req.device, req.data_seed)
     models = [(m.label, m.model) for m in loaded]
     req.out.mkdir(parents=True, exist_ok=True)
@@ -204,6 +213,7 @@ def run_landscape(req: LandscapeRequest) -> tuple[ls.LandscapeResult, list[Path]
         row_label = f"{names[0]} → {names[1]}"
         jobs = [ls.interpolation_job(row_label, models[0][1], models[1][1], *data[0])]
         settings["labels"] = [row_label]
+        settings["checkpoint_labels"] = list(names)
         settings["interpolation"] = ("θ(t) = (1−t)θ_A + tθ_B over parameters and floating buffers "
                                      "(BN running stats); running_var clamped at 0")
         dir_digest = ""
@@ -224,7 +234,8 @@ def run_landscape(req: LandscapeRequest) -> tuple[ls.LandscapeResult, list[Path]
     # A rerun resumes only when everything that shapes the numbers is the same.
     resume_key = json.dumps({k: settings[k] for k in ("mode", "grid", "range", "yrange", "samples", "split",
                                                       "data_seed")}
-                            | {"dirs": dir_digest, "models": [_state_digest(m) for _, m in models]}, sort_keys=True)
+                            | {"dirs": dir_digest, "models": [_state_digest(m) for _, m in models],
+                               "x": [float(v) for v in xs]}, sort_keys=True)
     settings.update(device=str(req.device), chunk=req.chunk, batch=req.batch, method=req.method,
                     torch=torch.__version__, created=time.strftime("%Y-%m-%d %H:%M:%S"))
 
@@ -284,16 +295,19 @@ def _print_summary(result: ls.LandscapeResult, rows: list[tuple[str, nn.Module, 
     for label, model, x, y, k in rows:
         loss, acc = ls.evaluate_model(model, x, y)
         finite = result.loss[k][np.isfinite(result.loss[k])]
-        table.add_row(escape(label), f"{loss:.4f}", f"{acc:.2%}", f"{finite.min():.4f}" if finite.size else "-",
+        table.add_row(Text(label), f"{loss:.4f}", f"{acc:.2%}", f"{finite.min():.4f}" if finite.size else "-",
                       f"{finite.max():.4g}" if finite.size else "-")
-    console.print(table)
+    from ..training.terminal import fit_table
+
+    console.print(fit_table(table, console))
 
 
 # ------------------------------------------------------------------------------ features
 
 def run_features(paths: Sequence[Path], out: Path, samples: Sequence[int], channels: Sequence[int], *,
                  split: str = "test", data_seed: int = 0, labels: Sequence[str] | None = None,
-                 device: torch.device | None = None, samples_key: str = "--samples") -> list[Path]:
+                 device: torch.device | None = None, samples_key: str = "--samples",
+                 overrides: Sequence[str] = ()) -> list[Path]:
     """Feature maps of chosen inputs after every stage, one figure row per checkpoint.
 
     ``samples_key`` names the flag or recipe key of ``samples`` in error messages.
@@ -309,7 +323,7 @@ def run_features(paths: Sequence[Path], out: Path, samples: Sequence[int], chann
     names = list(labels) if labels is not None else checkpoint_labels(paths)
     if len(names) != len(paths):
         raise UserError(f"labels: {len(names)} labels for {len(paths)} checkpoints")
-    loaded = load_models(paths, names, device, same_arch=False)  # rows may differ (e.g. coarse vs fine)
+    loaded = load_models(paths, names, device, same_arch=False, overrides=overrides)  # rows may differ
     data = eval_subsets(loaded, split, max(samples) + 1, device, data_seed)
     n_have = min(len(y) for _, y in data)
     if max(samples) >= n_have:

@@ -39,9 +39,12 @@ from ..training.distributed import agreed, alone, barrier, barrier_all, group, w
 from ..errors import DivergedError, Interrupted, UserError
 from ..training.hooks import CarryMomentum, FitHook
 from ..models import build_model
+from ..models.plugins import imported_plugins
+from ..training.preflight import (features_problems, forward_problems, raise_problems, subset_problems,
+                                  transfer_problems)
 from .phases import (Phase, budget_matched_epochs, check_phase, lr_plans, phase_config,  # noqa: F401 (public here)
                      pixel_work, plan_phases)
-from ..recipe import CoarseToFineRecipe, TrainConfig, dump_yaml, parse_yaml, to_plain
+from ..recipe import CoarseToFineRecipe, TrainConfig, dump_yaml, parse_yaml, resolution_problems, to_plain
 from ..strategies import Strategy, Variant, variants as strategy_variants
 from .summary import is_collapsed, summarize  # noqa: F401 (public here)
 from ..training.fit import (LRPlan, configure_runtime, console, evaluate, fit, json_safe, momentum_buffers,
@@ -70,6 +73,27 @@ class CoarseToFine:
         self.current: Path | None = None  # the phase being trained (for the Ctrl-C message)
 
     # ------------------------------------------------------------------ helpers
+    def _preflight(self, probe: nn.Module, vs: list[Variant]) -> None:
+        """Data and model checked together before any epoch (mres.training.preflight); the RNG is left as it was."""
+        assert self.data is not None
+        r, data, res = self.recipe, self.data, self.recipe.grid_resolutions()
+        problems = resolution_problems(res, data.resolution, r.dataset.name)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            if not problems:
+                problems += forward_problems(lambda g: self._build(g, r.seed), res, data.in_channels,
+                                             data.num_classes, r.model.name)
+            starts = {v.record.start for v in vs if v.record.needs_coarse and v.record.start}
+            if any(v.record.refine == "fit-to-coarse" for v in vs):
+                starts.add(r.galerkin_data.start)
+            if not problems:
+                for lo, hi in zip(res, res[1:]):
+                    problems += transfer_problems(self._build(lo, r.seed), self._build(hi, r.seed), sorted(starts),
+                                                  r.family)
+        problems += features_problems(probe, r.analysis.features is not None)
+        problems += subset_problems({"coarse_subset": r.coarse_subset, "fine_subset": r.fine_subset},
+                                    len(data.y_train), r.dataset.name)
+        raise_problems(problems, f"{r.model.name} on {r.dataset.name}")
+
     def _arch(self, data: TensorData) -> dict[str, Any]:
         r = self.recipe
         return {"name": r.model.name, "options": r.model.options(), "in_channels": data.in_channels,
@@ -90,7 +114,8 @@ class CoarseToFine:
     def _extra(self, resolution: int, phase: str) -> dict[str, Any]:
         assert self.data is not None
         return {"recipe": to_plain(self.recipe), "resolution": resolution, "arch": self._arch(self.data),
-                "phase": phase, "normalization": {"mean": list(self.data.mean), "std": list(self.data.std)}}
+                "phase": phase, "normalization": {"mean": list(self.data.mean), "std": list(self.data.std)},
+                "plugins": imported_plugins()}
 
     def _train_phase(self, phase_dir: Path, model: nn.Module, data: TensorData, cfg: TrainConfig, seed: int,
                      label: str, resolution: int, plan: LRPlan | None = None, hooks: tuple[FitHook, ...] = (),
@@ -205,6 +230,7 @@ class CoarseToFine:
         vs = variants(r, _has_coefficients(probe))
         if any(v.record.refine == "fit-to-coarse" for v in vs):
             refuse_polynomial(probe)  # before any training
+        self._preflight(probe, vs)
         del probe
         fine_only_epochs = r.fine_only.epochs or budget_matched_epochs(phases, phases[0].n_train)
         console.print(f"coarse-to-fine {escape(r.model.name)} on {r.dataset.name}: grids {r.resolutions}, "
@@ -238,6 +264,7 @@ class CoarseToFine:
         summary = summarize(r, vs, trials, chance=chance, fine_only_epochs=fine_only_epochs)
         summary["pixel_work"] = {"coarse_to_fine": pixel_work(phases),
                                  "fine_only": fine_only_epochs * phases[0].n_train}  # finest-grid image passes
+        summary["plugins"] = imported_plugins()  # the --import files a later command needs again
         _write_json(self.run_dir / "summary.json", summary)
         from .report import write_report
 
@@ -500,5 +527,20 @@ def _write_json(path: Path, obj: Any) -> None:
     barrier()
 
 
-def run_coarse_to_fine(recipe: CoarseToFineRecipe, run_dir: Path, progress: bool = True) -> dict[str, Any]:
-    return CoarseToFine(recipe, run_dir, progress).run()
+def run_coarse_to_fine(recipe: CoarseToFineRecipe, run_dir: Path, progress: bool = True,
+                       analysis: bool = True) -> dict[str, Any]:
+    """The whole job: train, transfer, compare, then the recipe's ``analysis:`` block (landscape, features)
+    and the report rewritten with it. ``analysis=False`` skips that block and says so."""
+    summary = CoarseToFine(recipe, run_dir, progress).run()
+    wanted = recipe.analysis.landscape or recipe.analysis.features
+    if wanted and not analysis:
+        console.print("analysis: skipped (run_coarse_to_fine(..., analysis=False)); the recipe's analysis block "
+                      "is not in the report")
+    elif wanted and world().main:
+        from ..analysis.runner import analyse_coarse_to_fine
+        from .report import write_report
+
+        analyse_coarse_to_fine(recipe, Path(run_dir), progress=progress)
+        write_report(Path(run_dir))
+    barrier()
+    return summary

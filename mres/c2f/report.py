@@ -637,9 +637,23 @@ def _render_html(sections: list[Section], title: str) -> str:
     import re
 
     def inline(t: str) -> str:
-        t = html.escape(t)
-        t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
-        return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+        """Markdown's inline marks as HTML (`code`, **strong**, *em*; no marks inside code), the text
+        escaped, and every ``mean ± std`` kept on one line."""
+        out = []
+        for k, part in enumerate(re.split(r"(`[^`]+`)", t)):
+            if k % 2:
+                out.append(f"<code>{html.escape(part[1:-1])}</code>")
+                continue
+            part = html.escape(part)
+            part = re.sub(r"\*\*(?=\S)(.+?)(?<=\S)\*\*", r"<strong>\1</strong>", part)
+            part = re.sub(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])", r"<em>\1</em>", part)
+            out.append(re.sub(r"\s±\s", "&nbsp;±&nbsp;", part))
+        return "".join(out)
+
+    def cell(c: Any) -> str:
+        text = str(c)
+        numeric = not re.search(r"[A-Za-z]{2,}", text)  # 70.8 ± 3.6*, 68.1–73.2, +1.2 [−0.3, +2.7], 0/3
+        return f"<td class='num'>{inline(text)}</td>" if numeric else f"<td>{inline(text)}</td>"
 
     body = []
     for s in sections:
@@ -650,7 +664,7 @@ def _render_html(sections: list[Section], title: str) -> str:
             body.append(f"<p>{inline(s[1])}</p>")
         elif kind == "table":
             head = "".join(f"<th>{inline(h)}</th>" for h in s[1])
-            rows = "".join("<tr>" + "".join(f"<td>{inline(str(c))}</td>" for c in r) + "</tr>" for r in s[2])
+            rows = "".join("<tr>" + "".join(cell(c) for c in r) + "</tr>" for r in s[2])
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif kind == "img":
             body.append(f'<figure><img src="{html.escape(s[1])}" alt="{html.escape(s[2])}"><figcaption>'
@@ -658,6 +672,6 @@ def _render_html(sections: list[Section], title: str) -> str:
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;"
              "padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
-             "th{background:#f3f3f3}img{max-width:100%}")
+             "th{background:#f3f3f3}img{max-width:100%}td.num{white-space:nowrap}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")

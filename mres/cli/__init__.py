@@ -14,6 +14,7 @@ import errno
 import importlib
 import os
 import sys
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -40,8 +41,16 @@ _state = {"debug": False}
 
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (before or after the "
-                                                               "command: mres train --debug …).")) -> None:
+                                                               "command: mres train --debug …)."),
+          imports: Optional[List[str]] = typer.Option(
+              None, "--import", metavar="FILE.py|MODULE",
+              help="Import a file or module that registers your own models (register_family) before the "
+                   "command runs; repeatable.")) -> None:
     _state["debug"] = debug or _state["debug"]
+    from ..models.plugins import import_plugin
+
+    for spec in imports or []:
+        import_plugin(spec)
 
 
 def _hide_flag_types() -> None:

@@ -12,6 +12,7 @@ import typer
 
 from ..errors import UserError
 from . import app
+from .train_cmds import DataSetOpt
 
 
 def parse_int_list(text: str, flag: str) -> list[int]:
@@ -63,6 +64,7 @@ def landscape_cmd(
                                        help="Colour scale on log10(loss) or linear "
                                             "(default: log when the losses span more than 100×)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    set_: Optional[List[str]] = DataSetOpt,
 ) -> None:
     """Loss landscape: 2-D / 1-D slices along filter-normalised random directions, or A→B interpolation."""
     from ..analysis import runner as an
@@ -107,7 +109,7 @@ def landscape_cmd(
         paths=paths, out=out, mode=mode, sizes=sizes, xrange=xr, yrange=yr if dim == 2 else None,
         samples=samples, split=split, chunk=chunk, batch=batch, method=method, device=dev, seed=seed,
         data_seed=data_seed, directions=directions, labels=_split_labels(labels, len(paths)), vmax=vmax, log=log,
-        progress=not quiet))
+        progress=not quiet, overrides=list(set_ or [])))
     an.console.print(f"data: {out / 'landscape.npz'}", markup=False)
     an.console.print("figures: " + ", ".join(str(p) for p in figures if p.suffix == ".png"), markup=False)
 
@@ -127,6 +129,7 @@ def features_cmd(
     data_seed: int = typer.Option(0, "--data-seed", help="Seed choosing the evaluation subset."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated row titles."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    set_: Optional[List[str]] = DataSetOpt,
 ) -> None:
     """Propagated features (thesis Figs. 4.4/4.6): feature maps after every stage, one row per checkpoint."""
     from ..analysis import runner as an
@@ -143,5 +146,5 @@ def features_cmd(
     paths = an.run_features(list(ckpts), out, parse_int_list(inputs, flag),
                             parse_int_list(channels, "--channels"), split=split, data_seed=data_seed,
                             labels=_split_labels(labels, len(ckpts)), device=an.select_device(device),
-                            samples_key=flag)
+                            samples_key=flag, overrides=list(set_ or []))
     an.console.print("figures: " + ", ".join(str(p) for p in paths), markup=False)

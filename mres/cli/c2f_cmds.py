@@ -8,10 +8,12 @@ from typing import List, Optional
 import typer
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import UserError
+from ..training.terminal import fit_table, fmt_seconds, wrap_items
 from . import app, console
-from .train_cmds import OutOpt, QuietOpt, RecipeOpt, ResumeOpt, SetOpt, recipe_and_run_dir
+from .train_cmds import DataSetOpt, OutOpt, QuietOpt, RecipeOpt, ResumeOpt, SetOpt, recipe_and_run_dir
 
 
 @app.command("coarse-to-fine")
@@ -27,17 +29,8 @@ def coarse_to_fine_cmd(
     from ..recipe import CoarseToFineRecipe
 
     rec, run_dir = recipe_and_run_dir(recipe, out, set_, resume, CoarseToFineRecipe, "coarse-to-fine")
-    from ..training.distributed import barrier, world
 
-    summary = run_coarse_to_fine(rec, run_dir, progress=not quiet)
-    if (rec.analysis.landscape or rec.analysis.features) and world().main:  # what exists is analysed
-        from ..analysis.runner import analyse_coarse_to_fine
-
-        analyse_coarse_to_fine(rec, run_dir, progress=not quiet)
-        from ..c2f.report import write_report
-
-        write_report(run_dir)
-    barrier()
+    summary = run_coarse_to_fine(rec, run_dir, progress=not quiet)  # with the recipe's analysis block
     print_summary(summary)
     from rich.markup import escape
 
@@ -53,10 +46,11 @@ def print_summary(summary: dict) -> None:
     res = summary["resolutions"]
     base = summary.get("baseline")
     st = summary.get("statistics") or {}
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, caption="start: right after the transfer; epoch 1: after the first fine "
-                  "epoch (means); final: mean ± std; time s: training seconds counted for time to accuracy (coarse + transfer + fine, "
-                  f"evaluation excluded); *: significant paired difference from {base or 'the baseline'} (p < 0.05 in every test); div/col: "
-                  "diverged / collapsed trials",
+    note = ["start: right after the transfer", "epoch 1: after the first fine epoch (means)", "final: mean ± std",
+            "time s: training seconds counted for time to accuracy (coarse + transfer + fine, evaluation excluded)",
+            f"*: significant paired difference from {base or 'the baseline'} (p < 0.05 in every test)",
+            "div/col: diverged / collapsed trials"]
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False,
                   title=f"coarse-to-fine {' → '.join(map(str, res))}: test accuracy % over {summary['trials']} "
                         "trial(s)")
     table.add_column("strategy", no_wrap=True)
@@ -66,14 +60,15 @@ def print_summary(summary: dict) -> None:
         a = (st.get(label) or {}).get("acc_final") or {}
         ci = "—" if not a.get("ci") else "–".join(f"{min(100.0, max(0.0, c * 100)):.1f}" for c in a["ci"])
         mark = significance_mark(((st.get(label) or {}).get("vs") or {}).get(base))
-        table.add_row(escape(label), _mean(s["acc_at_transfer"], 100), _mean(s["acc_after_first_epoch"], 100),
-                      _ms(s["acc_final"]) + mark, ci, _mean(s.get("train_seconds", s["seconds"]), 1),
+        table.add_row(Text(label), _mean(s["acc_at_transfer"], 100), _mean(s["acc_after_first_epoch"], 100),
+                      _ms(s["acc_final"]) + mark, ci, _mean_seconds(s.get("train_seconds", s["seconds"])),
                       f"{sum(s['diverged'])}/{sum(s.get('collapsed') or [])}")
-    console.print(table)
+    console.print(fit_table(table, console))
+    _footnote(note)
     tt = summary.get("time_to_accuracy") or {}
     if tt.get("levels"):
-        t2 = Table(box=box.SIMPLE_HEAD, title=f"training seconds to reach the test accuracy of {tt['baseline']} "
-                   "(finest grid, epoch granularity) and speedup over it")
+        t2 = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False,
+                   title=escape(f"training seconds to reach {tt['baseline']}'s test accuracy"))
         t2.add_column("strategy", no_wrap=True)
         for a in tt["levels"]:
             t2.add_column(f"{a * 100:.1f} %", justify="right", no_wrap=True)
@@ -84,16 +79,27 @@ def print_summary(summary: dict) -> None:
                     cells.append("—")
                 else:
                     sp = f" ({lv['speedup']:.2f}×)" if lv.get("speedup") else ""
-                    cells.append(f"{lv['mean_seconds']:.0f} s{sp}")
-            t2.add_row(escape(label), *cells)
-        console.print(t2)
+                    cells.append(f"{fmt_seconds(lv['mean_seconds'])}{sp}")
+            t2.add_row(Text(label), *cells)
+        console.print(fit_table(t2, console))
+        _footnote(["finest grid, epoch granularity", f"(n×): speedup over {tt['baseline']}", "—: not reached"])
     if summary["trials"] < 2:
         console.print("one trial: differences are anecdotes, not findings (use --set trials=3 for paired tests)")
+
+
+def _footnote(items: list) -> None:
+    """A table's note, left-aligned under it, broken between its items to the console's width."""
+    console.print(wrap_items(items, console.width), markup=False, highlight=False, style="dim")
 
 
 def _mean(values: list, scale: float) -> str:
     vals = [v for v in values if v is not None]
     return f"{sum(vals) / len(vals) * scale:.1f}" if vals else "—"
+
+
+def _mean_seconds(values: list) -> str:
+    vals = [v for v in values if v is not None]
+    return fmt_seconds(sum(vals) / len(vals), unit=False) if vals else "—"
 
 
 @app.command("report")
@@ -126,6 +132,7 @@ def transfer_cmd(
     policy: str = typer.Option("keep", "--coefficient-policy", help="Polynomial coefficients: keep, rescale, respectral."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the new checkpoint."),
     samples: int = typer.Option(256, help="Test images for the function-preservation check (0 = skip)."),
+    set_: Optional[List[str]] = DataSetOpt,
 ) -> None:
     """Move a checkpoint's weights to the fine or the coarse grid and print the diagnostics."""
     import math
@@ -184,14 +191,16 @@ def transfer_cmd(
     for d in diags:
         if d.kind in ("bn", "buffer") or d.name.endswith(("running_mean", "running_var", "num_batches_tracked")):
             continue
-        table.add_row(escape(d.name), escape(d.kind), f"{d.norm_before:.4g}", f"{d.norm_after:.4g}", f"{d.growth:.3f}",
+        table.add_row(Text(d.name), Text(d.kind), f"{d.norm_before:.4g}", f"{d.norm_after:.4g}", f"{d.growth:.3f}",
                       "—" if d.galerkin_residual is None else f"{d.galerkin_residual:.2e}")
-    console.print(table)
+    console.print(fit_table(table, console, names=(0, 1)))
     if samples > 0 and "recipe" in c:
         from ..training.data import load_eval_subset
+        from ..recipe import override_dataset
 
         try:
-            x, _ = load_eval_subset(c["recipe"]["dataset"], "test", samples, max(res, new_res))
+            x, _ = load_eval_subset(override_dataset(c["recipe"].get("dataset"), set_, str(ckpt)), "test", samples,
+                                    max(res, new_res))
         except UserError as exc:
             console.print(f"[yellow]function-preservation check skipped:[/] {escape(str(exc))}")
         else:

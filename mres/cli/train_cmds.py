@@ -10,14 +10,18 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import RunFailure, UserError
+from ..training.terminal import fit_table, fmt_seconds, wrap_line
 from . import app, console
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 # options shared by the run commands (train, coarse-to-fine)
 SetOpt = typer.Option(None, "--set", help="Override a recipe key: key.path=value (repeatable).")
+DataSetOpt = typer.Option(None, "--set", help="Correct the run's dataset block: dataset.key=value, e.g. "
+                                              "dataset.path=/new/place/data.npz (repeatable).")
 RecipeOpt = typer.Option(None, "--recipe", "-r", help="YAML recipe (a path or a bundled name).")
 OutOpt = typer.Option(None, "--out", "-o", help="Run directory (default runs/<recipe>-<time>).")
 ResumeOpt = typer.Option(None, "--resume", help="Continue the run in this directory.")
@@ -64,8 +68,9 @@ def recipe_and_run_dir(recipe: Optional[Path], out: Optional[Path], overrides: O
     path = resolve_recipe_path(recipe)
     rec = load_recipe(path, overrides or [], kind)
     if path is None:
-        console.print(f"no --recipe: defaults + --set {' '.join(overrides or [])} → {describe(rec)}",
-                      markup=False, highlight=False, soft_wrap=True)
+        # two lines, each wrapped to the terminal: what runs, then the overrides it runs with
+        console.print(wrap_line(f"no --recipe: defaults + --set {' '.join(overrides or [])}", console.width, 4) + "\n"
+                      + wrap_line(f"→ {describe(rec)}", console.width, 2), markup=False, highlight=False, soft_wrap=True)
     return rec, out or default_run_dir(path, default_name)
 
 
@@ -106,9 +111,9 @@ def train_cmd(
         table.add_column(col, justify="right")
     for r in m:
         table.add_row(str(r["epoch"]), f"{r['train_loss']:.4f}", f"{r['train_acc']:.2%}", f"{r['test_loss']:.4f}",
-                      f"{r['test_acc']:.2%}", f"{r['seconds']:.1f}")
-    console.print(table)
-    console.print(f"test accuracy: [bold]{m[-1]['test_acc']:.2%}[/]  (wall time {result['seconds']:.1f} s; "
+                      f"{r['test_acc']:.2%}", fmt_seconds(r["seconds"], unit=False))
+    console.print(fit_table(table, console, names=()))
+    console.print(f"test accuracy: [bold]{m[-1]['test_acc']:.2%}[/]  (wall time {fmt_seconds(result['seconds'])}; "
                   f"checkpoint {escape(str(result['checkpoint']))})")
 
 
@@ -118,11 +123,12 @@ def evaluate_cmd(
     split: str = typer.Option("test", help="train or test"),
     resolution: Optional[int] = typer.Option(None, help="Evaluate at this resolution (default: the checkpoint's)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    set_: Optional[List[str]] = DataSetOpt,
 ) -> None:
     """Evaluate a checkpoint on its dataset."""
     from ..training.checkpoint import load_checkpoint, model_from_checkpoint
     from ..training.data import load_dataset
-    from ..recipe import DatasetConfig
+    from ..recipe import DatasetConfig, override_dataset
     from ..training.fit import evaluate, select_device
 
     if split not in ("train", "test"):
@@ -133,7 +139,8 @@ def evaluate_cmd(
         raise UserError(f"--resolution {res}: the checkpoint is at {c['resolution']}; "
                         f"move it first with `mres transfer {ckpt} --to fine|coarse`")
     dev = select_device(device)
-    data = load_dataset(DatasetConfig.model_validate(c["recipe"]["dataset"]), dev).at_resolution(res)
+    dataset = override_dataset((c.get("recipe") or {}).get("dataset"), set_, str(ckpt))
+    data = load_dataset(DatasetConfig.model_validate(dataset), dev).at_resolution(res)
     model = model_from_checkpoint(c).to(dev)
     x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
     import torch
@@ -147,7 +154,7 @@ def evaluate_cmd(
         raise RunFailure(f"{ckpt}: the {split} loss is {loss} on {len(y)} images at {res}×{res} (accuracy {acc:.2%}); "
                          "the data or the model produce non-finite outputs")
     console.print(f"{escape(str(ckpt))}: {split} loss {loss:.4f}, accuracy [bold]{acc:.2%}[/] on {len(y)} images "
-                  f"at {res}×{res}")
+                  f"at {res}×{res}", soft_wrap=True)  # one line: a result to grep, with a path to copy
 
 
 @app.command("datasets")
@@ -186,8 +193,8 @@ def datasets_cmd(
     for col in ("name", "available", "where", "how to get it"):
         table.add_column(col)
     for r in dataset_status():
-        table.add_row(*(escape(str(r[k])) for k in ("name", "available", "where", "how")))
-    console.print(table)
+        table.add_row(Text(str(r["name"])), escape(str(r["available"])), Text(str(r["where"])), escape(str(r["how"])))
+    console.print(fit_table(table, console, names=(0, 2)))
 
 
 @app.command("recipes")
@@ -199,5 +206,5 @@ def recipes_cmd() -> None:
     table.add_column("what")
     for p in sorted(RECIPES_DIR.glob("*.yaml")):
         first = p.read_text().splitlines()[0] if p.read_text() else ""
-        table.add_row(escape(p.name), escape(first.lstrip("# ").strip()))
-    console.print(table)
+        table.add_row(Text(p.name), escape(first.lstrip("# ").strip()))
+    console.print(fit_table(table, console))

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import UserError
+from ..training.terminal import fit_table
 from . import app, console
+from .train_cmds import DataSetOpt
 
 
 @app.command("params")
@@ -27,11 +30,11 @@ def params_cmd(
         print(json.dumps(rows, indent=2))
         return
     table = Table(title=f"weights on {dataset} (BN affine included, shared tensors once)")
-    table.add_column("model", overflow="fold", min_width=24)
+    table.add_column("model")
     table.add_column("ours", justify="right", no_wrap=True)
     table.add_column("reference", justify="right", no_wrap=True)
     table.add_column("Δ %", justify="right", no_wrap=True)
-    table.add_column("source", overflow="fold", min_width=20)
+    table.add_column("source")
     for r in rows:
         ref = r["reference"]
         if ref is None:
@@ -42,8 +45,8 @@ def params_cmd(
             ref_s = f"{int(ref):,}"
         diff = "–" if r["diff_pct"] is None else f"{r['diff_pct']:+.3f}"
         model = r["model"] + "".join(f"\n  {k}={v}" for k, v in r["options"].items())
-        table.add_row(escape(model), f"{r['ours']:,}", ref_s, diff, escape(r["source"]))
-    console.print(table)
+        table.add_row(Text(model), f"{r['ours']:,}", ref_s, diff, escape(r["source"]))
+    console.print(fit_table(table, console))
     for r in rows:
         if r["note"] and r["diff_pct"] is not None:
             console.print(f"{r['model']}: {r['note']}", highlight=False, markup=False)
@@ -63,6 +66,7 @@ def spectrum_cmd(
     samples: int = typer.Option(64, "--samples", min=0,
                                 help="Training images of the checkpoint's dataset for the coefficient-sensitivity "
                                      "table (0: skip it)."),
+    set_: Optional[List[str]] = DataSetOpt,
 ) -> None:
     """Spectrum of every level's A with the smoothing polynomial's roots."""
     from ..training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -99,21 +103,22 @@ def spectrum_cmd(
             qmax, roots_s = "–", "–"
         table.add_row(str(info.level), f"{side}×{side}", bound, str(info.A.weight.shape[0]), f"{eigs.real.min().item():.3g}",
                       f"{eigs.real.max().item():.3g}", f"{eigs.imag.max().item():.3g}", roots_s, qmax,
-                      escape(str(path)))
-    console.print(table)
+                      Text(str(path)))
+    console.print(fit_table(table, console, names=(9,)))
     if samples and any(info.coeffs for info in model.smoothing_levels()):
-        _sensitivity_section(model, data, samples)
+        _sensitivity_section(model, data, samples, set_)
 
 
-def _sensitivity_section(model, data: dict, samples: int) -> None:
+def _sensitivity_section(model, data: dict, samples: int, overrides: Optional[List[str]] = None) -> None:
     """Per level and step: gradient norm and logit change under coefficients × 2, with the flags."""
     from ..training.data import load_dataset
-    from ..recipe import DatasetConfig
+    from ..recipe import DatasetConfig, override_dataset
     from ..analysis.sensitivity import coefficient_sensitivity, sensitivity_table
 
     rec = data.get("recipe") or {}
+    dataset = override_dataset(rec.get("dataset", {}), overrides, "checkpoint") if overrides else rec.get("dataset", {})
     try:
-        ds = load_dataset(DatasetConfig.model_validate(rec.get("dataset", {})), "cpu")
+        ds = load_dataset(DatasetConfig.model_validate(dataset), "cpu")
         ds = ds.at_resolution(int(data["resolution"]), rec.get("family", "average-bilinear"))
     except (UserError, ValueError) as exc:
         console.print(f"[yellow]coefficient sensitivity skipped:[/] the checkpoint's data cannot be loaded "
@@ -126,7 +131,7 @@ def _sensitivity_section(model, data: dict, samples: int) -> None:
         table.add_column(col, justify="left" if col in ("kind", "scale-free") else "right")
     for row in body:
         table.add_row(*(escape(c) for c in row))
-    console.print(table)
+    console.print(fit_table(table, console))
 
 
 def _square_grid(text: str) -> int:

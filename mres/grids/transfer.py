@@ -285,6 +285,12 @@ class _Mover:
         if local == "bias":
             return self._copy(full, s_t, d_t), "bias", False
         if isinstance(s_mod, nn.Linear):
+            if s_t.shape != d_t.shape:  # a flatten head: its inputs are a feature grid that changes size
+                raise ValueError(f"cannot move {full!r}: a plain nn.Linear with {s_t.shape[-1]} inputs here and "
+                                 f"{d_t.shape[-1]} on the other grid, and no grid rule applies to it; build the "
+                                 "flatten + linear head as mres.models.cnn.GridLinear(channels, height, width, "
+                                 "classes) (it moves by the grid rules), or pool to a fixed size before it "
+                                 "(nn.AdaptiveAvgPool2d)")
             return self._copy(full, s_t, d_t), "linear", False
         return self._copy(full, s_t, d_t), "copy", False
 

@@ -56,7 +56,8 @@ def find_family(name: str) -> ModelFamily:
     for fam in families():
         if fam.matches(name):
             return fam
-    raise ValueError(f"unknown model {name!r}; known: {', '.join(known_names())}")
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(known_names())} (a model of your own: "
+                     "register it in a file and pass `mres --import FILE.py …`, see docs/api.md)")
 
 
 def parse_options(name: str, options: dict[str, Any]) -> Any:
@@ -131,3 +132,6 @@ def _load_builtin() -> None:
         except ModuleNotFoundError as exc:  # a family still being written
             if exc.name != f"mres.models.{mod}":
                 raise
+    from .plugins import load_entry_points
+
+    load_entry_points()  # installed packages' families (entry-point group mres.models)

@@ -170,7 +170,15 @@ def model_from_checkpoint(ckpt: dict[str, Any], resolution: int | None = None) -
 
     arch = ckpt["arch"]
     res = ckpt["resolution"] if resolution is None else resolution
-    model = build_model(arch["name"], arch["options"], arch["in_channels"], arch["num_classes"], res)
+    try:
+        model = build_model(arch["name"], arch["options"], arch["in_channels"], arch["num_classes"], res)
+    except ValueError as exc:
+        if not str(exc).startswith("unknown model"):
+            raise
+        plugins = ckpt.get("plugins") or []
+        hint = (f"; it was trained with {' '.join(f'--import {p}' for p in plugins)}: pass that again "
+                f"(mres {' '.join(f'--import {p}' for p in plugins)} <command> …)") if plugins else ""
+        raise UserError(f"{exc}{hint}") from None
     if resolution is None or resolution == ckpt["resolution"]:
         model.load_state_dict(ckpt["model"])
     return model

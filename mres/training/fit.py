@@ -32,7 +32,9 @@ from .distributed import all_reduce_max, all_reduce_sum, barrier, group, shard, 
 from ..errors import DivergedError, Interrupted, UserError
 from .hooks import FitHook, set_momentum  # noqa: F401  (set_momentum: public here as before)
 from .optim import CGSteihaug
+from ..models.plugins import imported_plugins
 from .steps import make_step
+from .terminal import fmt_seconds, wrap_line
 from ..recipe import AugmentConfig, OptimizerConfig, ScheduleConfig, TrainConfig, TrainRecipe
 
 console = Console(stderr=True)
@@ -527,12 +529,13 @@ class _Progress:
     def epoch_done(self, row: dict[str, Any]) -> None:
         self.epoch += 1
         msg = (f"loss {row['train_loss']:.4f} train {row['train_acc']:.2%} "
-               f"test {row['test_acc']:.2%} ({row['seconds']:.1f}s)")
+               f"test {row['test_acc']:.2%} ({fmt_seconds(row['seconds'])})")
         if self.p is not None:
             self.p.update(self.t_ep, advance=1, info=msg)
             self.p.reset(self.t_b)
         elif self.enabled:
-            print(f"[{self.label}] epoch {self.epoch}/{self.epochs}: {msg}", file=sys.stderr, flush=True)
+            print(wrap_line(f"[{self.label}] epoch {self.epoch}/{self.epochs}: {msg}", console.width, 4),
+                  file=sys.stderr, flush=True)
 
     def __exit__(self, *exc: Any) -> None:
         if self.p is not None:
@@ -554,10 +557,22 @@ def train_job(recipe: TrainRecipe, run_dir: Path, resume: bool = False, progress
     run_dir = Path(run_dir)
     configure_runtime(recipe.threads, recipe.train.deterministic)
     device = select_device(recipe.device)
-    data = load_dataset(recipe.dataset, device).at_resolution(recipe.resolution)
-    torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model.name, recipe.model.options(), data.in_channels, data.num_classes,
-                        recipe.resolution)
+    from ..recipe import resolution_problems
+    from .preflight import forward_problems, raise_problems
+
+    data = load_dataset(recipe.dataset, device)
+    raise_problems([("resolution", m) for _, m in resolution_problems([recipe.resolution], data.resolution,
+                                                                       recipe.dataset.name)], recipe.model.name)
+    data = data.at_resolution(recipe.resolution)
+
+    def build(resolution: int) -> nn.Module:
+        torch.manual_seed(recipe.seed)
+        return build_model(recipe.model.name, recipe.model.options(), data.in_channels, data.num_classes,
+                           resolution).to(device)
+
+    raise_problems(forward_problems(build, [recipe.resolution], data.in_channels, data.num_classes,
+                                    recipe.model.name), recipe.model.name)
+    model = build(recipe.resolution)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     arch = {"name": recipe.model.name, "options": recipe.model.options(), "in_channels": data.in_channels,
             "num_classes": data.num_classes}
@@ -569,7 +584,7 @@ def train_job(recipe: TrainRecipe, run_dir: Path, resume: bool = False, progress
         (run_dir / "recipe.yaml").write_text(dump_yaml(recipe))
     barrier()
     extra = {"recipe": to_plain(recipe), "resolution": recipe.resolution, "arch": arch,
-             "normalization": {"mean": list(data.mean), "std": list(data.std)}}
+             "normalization": {"mean": list(data.mean), "std": list(data.std)}, "plugins": imported_plugins()}
     t0 = time.perf_counter()
     try:
         metrics = fit(model, data, recipe.train, seed=recipe.seed, augment=recipe.dataset.augment,
