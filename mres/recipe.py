@@ -24,6 +24,33 @@ from .strategies import DEFAULTS as DEFAULT_STRATEGIES, NAMES as STRATEGY_NAMES,
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools_as_numbers(cls, data: Any) -> Any:
+        # pydantic reads `epochs: true` as 1; a recipe's true/false belongs to its bool keys only
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                value = data.get(name)
+                if isinstance(value, bool) and bool not in _scalar_types(field.annotation):
+                    raise ValueError(f"{name}: {value!r} is a yes/no value; {name} takes a number")
+        return data
+
+
+def _scalar_types(annotation: Any) -> set[Any]:
+    """The scalar types a field annotation admits (``int | None`` → {int, NoneType}); Any: every type."""
+    from typing import get_args, get_origin
+
+    if annotation is Any:
+        return {bool}
+    args = get_args(annotation)
+    if get_origin(annotation) in (list, dict, tuple):
+        return set()
+    if args and get_origin(annotation) is not Literal:
+        return set().union(*(_scalar_types(a) for a in args))
+    if get_origin(annotation) is Literal:
+        return {type(a) for a in args}
+    return {annotation}
+
 
 # ----------------------------------------------------------------------------- data
 class AugmentConfig(Strict):
@@ -45,6 +72,8 @@ class DatasetConfig(Strict):
     path: str | None = Field(None, description="fashion-mnist: folder of the IDX .gz files; npz: the .npz file")
     data_root: str | None = Field(None, description="torchvision root for mnist/cifar (default ~/.cache/mres/data)")
     download: bool = Field(False, description="let torchvision download mnist/cifar (needs a network)")
+    num_classes: int | None = Field(None, ge=2, le=100_000, description="npz: the class count (labels are "
+                                    "0 … num_classes-1); null: the largest label of train ∪ test + 1")
     train_subset: int | None = Field(None, ge=1)
     test_subset: int | None = Field(None, ge=1)
     seed: int = 0
@@ -62,6 +91,9 @@ class DatasetConfig(Strict):
     def _path_needed(self) -> "DatasetConfig":
         if self.name == "npz" and not self.path:
             raise ValueError("dataset.name 'npz' needs dataset.path (a .npz file with x_train, y_train, x_test, y_test)")
+        if self.num_classes is not None and self.name != "npz":
+            raise ValueError(f"dataset.num_classes applies to npz data only; {self.name} declares its own class "
+                             "count (synthetic: dataset.synthetic.classes)")
         return self
 
 
@@ -315,7 +347,7 @@ class CoarseToFineRecipe(RecipeBase):
     resolutions: list[int] = Field([14, 28], min_length=2, description="coarse to fine, each twice the last")
     family: Literal["average-constant", "average-bilinear", "fullweighting-linear"] = "average-bilinear"
     strategies: list[Literal[STRATEGY_NAMES]] = Field(  # type: ignore[valid-type]  (the table's names)
-        list(DEFAULT_STRATEGIES), description="mres.strategies: " + "; ".join(
+        list(DEFAULT_STRATEGIES), min_length=1, description="mres.strategies: " + "; ".join(
             f"{n}: {s.about}" for n, s in STRATEGIES.items()))
     lams: list[float] = Field([0.1], description="galerkin-reg regularisation weights (one run each)")
     coefficient_policies: list[Literal["keep", "rescale", "respectral"]] = ["keep"]
@@ -413,6 +445,10 @@ class CoarseToFineRecipe(RecipeBase):
                                      f"{getattr(c, key)!r}: schedule_scope 'run' plans one schedule (the coarse "
                                      "block's) over every phase; fine.schedule.warmup_epochs is a warm-up after "
                                      "each transfer"))
+        per_lam = [s for s in self.strategies if STRATEGIES[s].per_lam]
+        if per_lam and not self.lams:
+            problems.append(("lams", f"[] gives {', '.join(per_lam)} nothing to run (one run per λ); give at least "
+                             f"one λ, or leave {', '.join(per_lam)} out of strategies"))
         if self.fine_only.stages:
             problems.append(("fine_only.stages", "the fine-only baseline trains in one stage (its epochs are "
                              "budget-matched); stages belong in coarse or fine"))
@@ -448,8 +484,45 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- YAML
+MAX_YAML_NODES = 100_000  # a recipe has a few hundred; aliases count each time they are used
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and reads 1e-3 as a float (YAML 1.1 does not)."""
+    """SafeLoader that rejects duplicate keys, reads 1e-3 as a float (YAML 1.1 does not) and refuses a
+    document whose aliases expand past ``MAX_YAML_NODES`` nodes (an alias bomb: 10 levels of 9 aliases
+    would be 9^10 nodes once anything walks the result)."""
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        _expanded_size(node, {}, set())
+        return node
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], open_: set[int]) -> int:
+    """Nodes of ``node`` with every alias expanded (each shared node counted once per use)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in open_:
+        raise yaml.composer.ComposerError(None, None, "an anchor refers to itself (a recursive alias)",
+                                          node.start_mark)
+    open_.add(key)
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    else:
+        children = []
+    total = 1
+    for child in children:
+        total += _expanded_size(child, memo, open_)
+        if total > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"the document expands to more than {MAX_YAML_NODES:,} nodes through its aliases "
+                "(&anchor / *alias); a recipe needs a few hundred", node.start_mark)
+    open_.discard(key)
+    memo[key] = total
+    return total
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -481,6 +554,8 @@ def parse_yaml(text: str, source: str = "<string>") -> Any:
         return yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         raise UserError(f"{source}: invalid YAML: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{source}: the YAML is nested too deeply to be a recipe (thousands of levels)") from None
 
 
 # ----------------------------------------------------------------------------- loading
@@ -510,7 +585,7 @@ RecipeT = Union[TrainRecipe, CoarseToFineRecipe]
 
 def override_dataset(dataset: Any, overrides: list[str] | None, source: str) -> dict[str, Any]:
     """A stored run's dataset block with ``--set dataset.key=value`` applied and validated (commands that
-    load a checkpoint's data: evaluate, transfer, landscape, features, spectrum)."""
+    load a checkpoint's data: evaluate, transfer, landscape, features, spectrum), downloads off."""
     if not isinstance(dataset, dict):
         raise UserError(f"{source}: the checkpoint's recipe has no dataset block; cannot load its data")
     bad = [o for o in overrides or [] if not o.split("=", 1)[0].strip().startswith("dataset.")]
@@ -518,6 +593,9 @@ def override_dataset(dataset: Any, overrides: list[str] | None, source: str) -> 
         keys = ", ".join(f"dataset.{k}" for k in DatasetConfig.model_fields)
         raise UserError(f"--set {bad[0]}: this command loads only the run's data; allowed keys: {keys}")
     raw = apply_overrides({"dataset": dict(dataset)}, list(overrides or []))["dataset"]
+    # a stored recipe is data, not orders: reading a checkpoint never downloads (nor creates the download
+    # folder); an absent dataset is then the loader's clear error, which --set dataset.path/data_root fixes
+    raw["download"] = False
     try:
         return DatasetConfig.model_validate(raw).model_dump()
     except ValidationError as exc:
@@ -561,6 +639,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None,
                             "key=value to run on the defaults")
         if not isinstance(raw, dict):
             raise UserError(f"{source}: a recipe is a mapping of keys, got {type(raw).__name__}")
+        raw.pop("amendments", None)  # a resumed run's history (mres.training.rundir), not a setting
     raw = apply_overrides(raw, overrides or [])
     return validate_recipe(raw, kind, source)
 

@@ -136,24 +136,53 @@ def test_sigkill_during_a_checkpoint_write_leaves_a_temp_that_resume_removes(tmp
     assert torch.load(ck, weights_only=True)["epoch"] == 2
 
 
+# NaN pixels are refused when the data is loaded (test_dataset_labels), so a non-finite loss comes from the
+# model here: a user's model (a real --import plugin) whose logits are NaN for any image brighter than 100.
+SENSOR = """
+import torch, torch.nn as nn
+from mres.models import ModelFamily, ModelOptions, register_family
+from mres.models.cnn import GridLinear
+
+class Sensor(nn.Module):
+    def __init__(self, c, k, r):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, 4, 3, padding=1, bias=False)
+        self.head = GridLinear(4, r, r, k)
+
+    def forward(self, x):
+        y = self.head(torch.relu(self.conv1(x)))
+        bright = x.flatten(1).amax(1, keepdim=True) > 100
+        return torch.where(bright, torch.full_like(y, float("nan")), y)
+
+register_family(ModelFamily(family="sensor", matches=lambda n: n == "sensor", options=ModelOptions,
+                            build=lambda name, o, c, k, r: Sensor(c, k, r), divisor=lambda name, o: 1))
+"""
+
+
 def nan_npz(path: Path, nan_test: bool) -> Path:
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 300)
     x = rng.normal(0, 1, (300, 8, 8)).astype(np.float32) + y[:, None, None] * 2.0
     x_test = x[:60].copy()
     if nan_test:
-        x_test[3, 2, 2] = np.nan  # one bad pixel: every forward of that image is NaN
+        x_test[3, 2, 2] = 1000.0  # one bright pixel: the sensor model's logits for that image are NaN
     np.savez(path, x_train=x, y_train=y, x_test=x_test, y_test=y[:60])
     return path
+
+
+def sensor(tmp_path: Path) -> list[str]:
+    plugin = tmp_path / "sensor.py"
+    plugin.write_text(SENSOR)
+    return ["--import", str(plugin)]
 
 
 def test_nan_test_loss_is_divergence_null_in_json_and_no_checkpoint(tmp_path):
     data = nan_npz(tmp_path / "nan.npz", nan_test=True)
     run = tmp_path / "run"
-    r = run_mres("train", "--set", "dataset.name=npz", "--set", f"dataset.path={data}", "--set", "resolution=8",
-                 "--set", "dataset.normalize=false", "--set", "model.width1=4", "--set", "model.width2=4",
+    r = run_mres(*sensor(tmp_path), "train", "--set", "dataset.name=npz", "--set", f"dataset.path={data}",
+                 "--set", "resolution=8", "--set", "dataset.normalize=false", "--set", "model.name=sensor",
                  "--set", "train.epochs=2", "--out", str(run), "--quiet")
-    assert r.returncode == 1 and "non-finite test_loss" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "non-finite test_loss" in r.stderr and "Traceback" not in r.stderr, r.stderr
     text = (run / "metrics.jsonl").read_text()
     row = json.loads(text.splitlines()[0], parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
     assert row["test_loss"] is None and row["nonfinite"] == ["test_loss"]
@@ -225,18 +254,19 @@ def test_disk_full_says_no_space_left_and_keeps_the_last_checkpoint(tmp_path):
 def test_evaluate_refuses_a_model_whose_loss_is_not_finite(tmp_path):
     data = nan_npz(tmp_path / "clean.npz", nan_test=False)
     run = tmp_path / "run"
+    plug = sensor(tmp_path)
     args = ["--set", "dataset.name=npz", "--set", f"dataset.path={data}", "--set", "resolution=8",
-            "--set", "dataset.normalize=false", "--set", "model.width1=4", "--set", "model.width2=4"]
-    r = run_mres("train", *args, "--set", "train.epochs=1", "--out", str(run), "--quiet")
+            "--set", "dataset.normalize=false", "--set", "model.name=sensor"]
+    r = run_mres(*plug, "train", *args, "--set", "train.epochs=1", "--out", str(run), "--quiet")
     assert r.returncode == 0, r.stderr
-    ok = run_mres("evaluate", str(run))
+    ok = run_mres(*plug, "evaluate", str(run))
     assert ok.returncode == 0 and "accuracy" in ok.stdout
-    nan_npz(data, nan_test=True)  # the same file, now with a NaN pixel in the test images
-    bad = run_mres("evaluate", str(run))
+    nan_npz(data, nan_test=True)  # the same file, now with a bright pixel in the test images
+    bad = run_mres(*plug, "evaluate", str(run))
     assert bad.returncode == 1 and "loss is nan" in bad.stderr and "Traceback" not in bad.stderr
     ck = run / "checkpoints" / "last.pt"
     state = torch.load(ck, weights_only=True)
     state["model"]["conv1.weight"][0, 0, 0, 0] = float("inf")
     torch.save(state, ck)
-    bad = run_mres("evaluate", str(run), "--split", "train")
+    bad = run_mres(*plug, "evaluate", str(run), "--split", "train")
     assert bad.returncode == 1 and "non-finite weights in conv1.weight" in bad.stderr

@@ -108,9 +108,8 @@ def load_models(paths: Sequence[Path], labels: Sequence[str], device: torch.devi
     loaded = []
     for path, label in zip(paths, labels):
         ckpt = load_checkpoint(path)
-        if overrides:
-            ckpt.setdefault("recipe", {})["dataset"] = override_dataset(
-                (ckpt.get("recipe") or {}).get("dataset"), list(overrides), str(path))
+        ckpt.setdefault("recipe", {})["dataset"] = override_dataset(
+            (ckpt.get("recipe") or {}).get("dataset"), list(overrides), str(path))
         loaded.append(Loaded(label, ckpt, model_from_checkpoint(ckpt).to(device).eval()))
     archs = {json.dumps(item.ckpt["arch"], sort_keys=True) for item in loaded}
     if same_arch and len(archs) > 1:

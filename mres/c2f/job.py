@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ import torch
 import torch.nn as nn
 from rich.markup import escape
 
-from ..training.checkpoint import atomic_write, load_checkpoint
+from ..training.checkpoint import atomic_write, load_checkpoint, load_for_resume
 from ..training.data import TensorData, iterate_batches, load_dataset
 from ..grids.datafit import distill, fit_to_coarse, refuse_polynomial
 from ..training.distributed import agreed, alone, barrier, barrier_all, group, world
@@ -40,11 +41,12 @@ from ..errors import DivergedError, Interrupted, UserError
 from ..training.hooks import CarryMomentum, FitHook
 from ..models import build_model
 from ..models.plugins import imported_plugins
+from ..training.rundir import RunLock, changed_keys, record_recipe, restore_recipe
 from ..training.preflight import (features_problems, forward_problems, raise_problems, subset_problems,
                                   transfer_problems)
 from .phases import (Phase, budget_matched_epochs, check_phase, lr_plans, phase_config,  # noqa: F401 (public here)
                      pixel_work, plan_phases)
-from ..recipe import CoarseToFineRecipe, TrainConfig, dump_yaml, parse_yaml, resolution_problems, to_plain
+from ..recipe import CoarseToFineRecipe, TrainConfig, parse_yaml, resolution_problems, to_plain
 from ..strategies import Strategy, Variant, variants as strategy_variants
 from .summary import is_collapsed, summarize  # noqa: F401 (public here)
 from ..training.fit import (LRPlan, configure_runtime, console, evaluate, fit, json_safe, momentum_buffers,
@@ -132,7 +134,7 @@ class CoarseToFine:
             if not result.get("diverged") and ckpt.exists():
                 model.load_state_dict(load_checkpoint(ckpt)["model"])
             return result
-        state = load_checkpoint(ckpt) if ckpt.exists() else None
+        state = load_for_resume(ckpt)
         if state is not None:
             check_phase(phase_dir, state.get("phase_config"), config, finished=False)
         self.current = phase_dir
@@ -208,7 +210,7 @@ class CoarseToFine:
         old = parse_yaml(old_path.read_text(), str(old_path)) or {}
         new = to_plain(self.recipe)
         changed = [k for k in ("model", "dataset", "resolutions", "family", "coarse_subset", "fine_subset", "seed")
-                   if old.get(k) != new.get(k)]
+                   if changed_keys(old.get(k), new.get(k))]  # leaves: a key added since with its null default is no change
         if changed:
             raise UserError(f"{self.run_dir} holds phases trained with other {', '.join(changed)} "
                             f"({'; '.join(f'{k}: {old.get(k)!r} → {new.get(k)!r}' for k in changed)}); "
@@ -218,10 +220,6 @@ class CoarseToFine:
     def run(self) -> dict[str, Any]:
         r = self.recipe
         self._check_resume()
-        if world().main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "recipe.yaml").write_text(dump_yaml(r))
-        barrier()
         configure_runtime(r.threads, r.coarse.deterministic or r.fine.deterministic)
         self.data = load_dataset(r.dataset, self.device)
         phases = plan_phases(r, len(self.data.y_train))
@@ -232,6 +230,11 @@ class CoarseToFine:
             refuse_polynomial(probe)  # before any training
         self._preflight(probe, vs)
         del probe
+        old_recipe = None  # every check passed: now the run directory may change (a resume: an amendment)
+        if world().main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            old_recipe = record_recipe(self.run_dir, to_plain(r), resume=True)
+        barrier()
         fine_only_epochs = r.fine_only.epochs or budget_matched_epochs(phases, phases[0].n_train)
         console.print(f"coarse-to-fine {escape(r.model.name)} on {r.dataset.name}: grids {r.resolutions}, "
                       f"epochs per grid {[p.cfg.epochs for p in phases]}, lr schedule per {r.schedule_scope}, "
@@ -260,6 +263,10 @@ class CoarseToFine:
                 trials.append(entry)
         except KeyboardInterrupt:
             raise Interrupted(self._interrupted_message()) from None
+        except UserError:  # refused part-way (a phase trained otherwise): the run's recipe as it was
+            if world().main:
+                restore_recipe(self.run_dir, old_recipe)
+            raise
         chance = _chance(self.data)
         summary = summarize(r, vs, trials, chance=chance, fine_only_epochs=fine_only_epochs)
         summary["pixel_work"] = {"coarse_to_fine": pixel_work(phases),
@@ -531,6 +538,11 @@ def run_coarse_to_fine(recipe: CoarseToFineRecipe, run_dir: Path, progress: bool
                        analysis: bool = True) -> dict[str, Any]:
     """The whole job: train, transfer, compare, then the recipe's ``analysis:`` block (landscape, features)
     and the report rewritten with it. ``analysis=False`` skips that block and says so."""
+    with RunLock(run_dir) if world().main else nullcontext():  # the run directory is this job's alone
+        return _run_and_analyse(recipe, Path(run_dir), progress, analysis)
+
+
+def _run_and_analyse(recipe: CoarseToFineRecipe, run_dir: Path, progress: bool, analysis: bool) -> dict[str, Any]:
     summary = CoarseToFine(recipe, run_dir, progress).run()
     wanted = recipe.analysis.landscape or recipe.analysis.features
     if wanted and not analysis:

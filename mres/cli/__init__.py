@@ -16,11 +16,16 @@ import os
 import sys
 from typing import List, Optional
 
-import typer
-from rich.console import Console
-from rich.markup import escape
+from ..training import signals
 
-from ..errors import Interrupted, RunFailure, UserError, first_line
+if __import__("threading").current_thread() is __import__("threading").main_thread():
+    signals.install()  # before anything heavy is imported: Ctrl-C never cuts an import short
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
+
+from ..errors import Interrupted, RunFailure, UserError, first_line  # noqa: E402
 
 try:  # typer >= 0.26 vendors click; older typers depend on it
     from typer._click.exceptions import ClickException as _ClickException
@@ -90,13 +95,25 @@ def _split_debug(args: list[str]) -> tuple[list[str], bool]:
     return head + args[end:], len(head) != end
 
 
+MAX_MESSAGE = 2000  # characters of one error message (a value echoed back may be megabytes)
+
+
+def cut_long(message: str, limit: int = MAX_MESSAGE) -> str:
+    """``message`` with its middle cut when it is longer than ``limit`` characters (the key and the
+    start of the value stay, so the line still says what is wrong)."""
+    if len(message) <= limit:
+        return message
+    keep = limit // 2
+    return f"{message[:keep]} … ({len(message) - 2 * keep:,} characters cut) … {message[-keep:]}"
+
+
 def _error(message: str, code: int, prefix: str = "error:") -> None:
     """One line on stderr (user text escaped: rich would eat ``[best]`` as markup) and exit.
     Under torchrun the line names the rank."""
-    from ..training.distributed import world
-
-    if world().distributed:
-        prefix = f"rank {world().rank}: {prefix}".strip()
+    dist = sys.modules.get("mres.training.distributed")  # never imported here: torch may be half imported
+    if dist is not None and dist.world().distributed:
+        prefix = f"rank {dist.world().rank}: {prefix}".strip()
+    message = cut_long(message)
     err_console.print(f"[bold red]{prefix}[/] {escape(message)}" if prefix else escape(message),
                       highlight=False, soft_wrap=True)
     sys.exit(code)
@@ -137,7 +154,7 @@ def main() -> None:
         rv = app(args=args, prog_name="mres", standalone_mode=False)
         if isinstance(rv, int) and not isinstance(rv, bool) and rv:
             if rv == 130:
-                _error("interrupted", 130, prefix="")
+                _error("interrupted", signals.exit_code(), prefix="")
             sys.exit(rv)
     except UserError as exc:
         if debug:
@@ -146,11 +163,11 @@ def main() -> None:
     except Interrupted as exc:
         if debug:
             raise
-        _error(first_line(exc), 130, prefix="")
+        _error(first_line(exc), signals.exit_code(), prefix="")
     except KeyboardInterrupt:
         if debug:
             raise
-        _error("interrupted", 130, prefix="")
+        _error("interrupted", signals.exit_code(), prefix="")
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", None)
         if code is None:
@@ -173,4 +190,6 @@ def main() -> None:
         what = first_line(exc)
         what = what if what == type(exc).__name__ else f"{type(exc).__name__}: {what}"
         _error(f"{what}  (rerun with --debug for the traceback)", 1, prefix="failed:")
+    if signals.pending() is not None:  # a library swallowed the KeyboardInterrupt: still not a success
+        _error("interrupted", signals.exit_code(), prefix="")
     sys.exit(0)

@@ -13,7 +13,7 @@ from rich.text import Text
 from ..errors import UserError
 from ..training.terminal import fit_table, fmt_seconds, wrap_items
 from . import app, console
-from .train_cmds import DataSetOpt, OutOpt, QuietOpt, RecipeOpt, ResumeOpt, SetOpt, recipe_and_run_dir
+from .train_cmds import DataSetOpt, OutOpt, OverwriteOpt, QuietOpt, RecipeOpt, ResumeOpt, SetOpt, recipe_and_run_dir
 
 
 @app.command("coarse-to-fine")
@@ -23,12 +23,13 @@ def coarse_to_fine_cmd(
     set_: Optional[List[str]] = SetOpt,
     resume: Optional[Path] = ResumeOpt,
     quiet: bool = QuietOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Train coarse, transfer with every strategy, train fine; write the comparison report."""
     from ..c2f.job import run_coarse_to_fine
     from ..recipe import CoarseToFineRecipe
 
-    rec, run_dir = recipe_and_run_dir(recipe, out, set_, resume, CoarseToFineRecipe, "coarse-to-fine")
+    rec, run_dir = recipe_and_run_dir(recipe, out, set_, resume, CoarseToFineRecipe, "coarse-to-fine", overwrite)
 
     summary = run_coarse_to_fine(rec, run_dir, progress=not quiet)  # with the recipe's analysis block
     print_summary(summary)
@@ -131,7 +132,7 @@ def transfer_cmd(
                                              "it only affects kernels larger than 3×3 (default 0)."),
     policy: str = typer.Option("keep", "--coefficient-policy", help="Polynomial coefficients: keep, rescale, respectral."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the new checkpoint."),
-    samples: int = typer.Option(256, help="Test images for the function-preservation check (0 = skip)."),
+    samples: int = typer.Option(256, min=0, help="Test images for the function-preservation check (0 = skip)."),
     set_: Optional[List[str]] = DataSetOpt,
 ) -> None:
     """Move a checkpoint's weights to the fine or the coarse grid and print the diagnostics."""
@@ -160,6 +161,12 @@ def transfer_cmd(
         raise UserError(f"--lam {lam}: must be a finite number >= 0")
     if policy not in COEFFICIENT_POLICIES:
         raise UserError(f"--coefficient-policy {policy!r}: allowed {', '.join(COEFFICIENT_POLICIES)}")
+    source = ckpt / "checkpoints" / "last.pt" if ckpt.is_dir() else ckpt
+    if out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise UserError(f"--out {out} is its input {ckpt}: the transferred model would replace the one it came "
+                        "from; write it elsewhere (e.g. --out fine.pt)")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give the checkpoint file to write (e.g. {out / 'fine.pt'})")
     c = load_checkpoint(ckpt)
     src = model_from_checkpoint(c)
     res = c["resolution"]

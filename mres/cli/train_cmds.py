@@ -26,6 +26,8 @@ RecipeOpt = typer.Option(None, "--recipe", "-r", help="YAML recipe (a path or a 
 OutOpt = typer.Option(None, "--out", "-o", help="Run directory (default runs/<recipe>-<time>).")
 ResumeOpt = typer.Option(None, "--resume", help="Continue the run in this directory.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress output.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace the run already in --out (its files only; "
+                                                       "without this flag such an --out is refused).")
 
 
 def default_run_dir(recipe_path: Optional[Path], kind: str) -> Path:
@@ -44,15 +46,20 @@ def resolve_recipe_path(recipe: Optional[Path]) -> Optional[Path]:
 
 
 def recipe_and_run_dir(recipe: Optional[Path], out: Optional[Path], overrides: Optional[List[str]],
-                       resume: Optional[Path], kind: type, default_name: str):
+                       resume: Optional[Path], kind: type, default_name: str, overwrite: bool = False):
     """The validated recipe and run directory of a job: a new run, or ``--resume RUN_DIR``.
 
     A run needs ``--recipe``, ``--resume`` or at least one ``--set`` (a bare ``mres train`` would
     silently start the full default job); ``--resume`` takes the run's own recipe.yaml, so it
-    cannot be combined with ``--recipe`` (``--set`` still applies).
+    cannot be combined with ``--recipe`` (``--set`` still applies).  A new run's ``--out`` must not hold a
+    run already (``--overwrite`` replaces it) nor be in use; every check passes before anything is written.
     """
     from ..recipe import load_recipe
+    from ..training.distributed import world
+    from ..training.rundir import claim_new_run
 
+    if resume is not None and overwrite:
+        raise UserError(f"--resume {resume} and --overwrite do not combine: a resumed run keeps its files")
     if resume is not None:
         if recipe is not None:
             raise UserError(f"--resume {resume} and --recipe {recipe} do not combine: a resumed run continues with "
@@ -71,7 +78,10 @@ def recipe_and_run_dir(recipe: Optional[Path], out: Optional[Path], overrides: O
         # two lines, each wrapped to the terminal: what runs, then the overrides it runs with
         console.print(wrap_line(f"no --recipe: defaults + --set {' '.join(overrides or [])}", console.width, 4) + "\n"
                       + wrap_line(f"→ {describe(rec)}", console.width, 2), markup=False, highlight=False, soft_wrap=True)
-    return rec, out or default_run_dir(path, default_name)
+    run_dir = out or default_run_dir(path, default_name)
+    if world().main:
+        claim_new_run(run_dir, overwrite)
+    return rec, run_dir
 
 
 def _example_recipe(command: str) -> str:
@@ -94,12 +104,13 @@ def train_cmd(
     set_: Optional[List[str]] = SetOpt,
     resume: Optional[Path] = ResumeOpt,
     quiet: bool = QuietOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Train one model at one resolution."""
     from ..recipe import TrainRecipe
     from ..training.fit import train_job
 
-    rec, run_dir = recipe_and_run_dir(recipe, out, set_, resume, TrainRecipe, "train")
+    rec, run_dir = recipe_and_run_dir(recipe, out, set_, resume, TrainRecipe, "train", overwrite)
     console.print(f"run directory: [bold]{escape(str(run_dir))}[/]")
     result = train_job(rec, run_dir, resume=resume is not None, progress=not quiet)
     m = result["metrics"]
@@ -134,7 +145,9 @@ def evaluate_cmd(
     if split not in ("train", "test"):
         raise UserError(f"--split {split!r}: allowed train, test")
     c = load_checkpoint(ckpt)
-    res = resolution or c["resolution"]
+    if resolution is not None and resolution < 1:
+        raise UserError(f"--resolution {resolution}: a resolution is a positive number of pixels")
+    res = c["resolution"] if resolution is None else resolution
     if res != c["resolution"]:
         raise UserError(f"--resolution {res}: the checkpoint is at {c['resolution']}; "
                         f"move it first with `mres transfer {ckpt} --to fine|coarse`")

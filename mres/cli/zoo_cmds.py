@@ -116,7 +116,7 @@ def _sensitivity_section(model, data: dict, samples: int, overrides: Optional[Li
     from ..analysis.sensitivity import coefficient_sensitivity, sensitivity_table
 
     rec = data.get("recipe") or {}
-    dataset = override_dataset(rec.get("dataset", {}), overrides, "checkpoint") if overrides else rec.get("dataset", {})
+    dataset = override_dataset(rec.get("dataset", {}), overrides, "checkpoint")
     try:
         ds = load_dataset(DatasetConfig.model_validate(dataset), "cpu")
         ds = ds.at_resolution(int(data["resolution"]), rec.get("family", "average-bilinear"))

@@ -12,7 +12,9 @@ import glob
 import io
 import os
 import platform
+import sys
 import tempfile
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
+from .signals import deferred
 
 FORMAT = "mres-checkpoint/1"
 
@@ -38,11 +41,13 @@ def _mres_version() -> str:
     return __version__
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | Path, payload: dict[str, Any], keep_previous: bool = False) -> Path:
     """Write atomically: serialise in memory, write a temp file in the same folder, fsync, rename.
 
     Serialising first means a full disk shows up as ``OSError(ENOSPC)`` from the write (torch's
     own writer reports it as an opaque "unexpected pos" error); the old checkpoint is untouched.
+    ``keep_previous``: the file being replaced stays as :func:`previous_path` (``last.previous.pt``), the
+    fallback of :func:`load_for_resume` when the newest is damaged.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +56,65 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     buf = io.BytesIO()
     torch.save(payload, buf)
     remove_stale_temps(path)
+    if keep_previous and path.exists():
+        _keep_as_previous(path)
     return atomic_write(path, buf.getbuffer(), "checkpoint")
+
+
+def _keep_as_previous(path: Path) -> None:
+    """``path`` also as ``previous_path(path)``, ``path`` itself untouched (a full disk later keeps both):
+    a hard link where the file system has them, else a copy; either appears by an atomic rename."""
+    prev, tmp = previous_path(path), path.with_name(f".{path.name}.previous.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copy2(path, tmp)
+    os.replace(tmp, prev)
+
+
+def previous_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(f"{path.stem}.previous{path.suffix}")
+
+
+def damaged_member(path: Path) -> str | None:
+    """The first member of a checkpoint's zip whose bytes fail their CRC-32 (None: all intact).
+
+    torch's format is a zip that stores a CRC per member; a bit flipped on disk or a partial copy shows
+    here before any tensor is used."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip()
+    except zipfile.BadZipFile as exc:
+        return f"(the zip itself: {exc})"
+    except (OSError, EOFError, ValueError) as exc:  # zlib errors of a damaged compressed member, short reads
+        return f"(reading it: {type(exc).__name__}: {exc})"
+
+
+def load_for_resume(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The checkpoint to resume from: ``path``, or — when it is missing or damaged — the previous one kept
+    beside it, with one line saying so. None when neither exists; a damaged file without a previous one is
+    refused naming it."""
+    path = Path(path)
+    prev = previous_path(path)
+    if not path.exists():
+        if not prev.exists():
+            return None
+        reason = "is missing"
+    else:
+        try:
+            return load_checkpoint(path, map_location)
+        except UserError as exc:
+            if not prev.exists():
+                raise
+            reason = f"cannot be used ({exc})"
+    state = load_checkpoint(prev, map_location)
+    print(f"note: {path} {reason}; resuming from the previous checkpoint {prev} (epoch {state.get('epoch')})",
+          file=sys.stderr, flush=True)
+    return state
 
 
 def atomic_write(path: str | Path, data: bytes | memoryview, what: str = "file") -> Path:
@@ -59,7 +122,11 @@ def atomic_write(path: str | Path, data: bytes | memoryview, what: str = "file")
     file in the same folder, fsync, rename, fsync the folder. A full disk raises ``OSError(ENOSPC)``
     naming the path and the size, the old file untouched; a killed writer leaves only ``.name.*.tmp``
     (:func:`remove_stale_temps`)."""
-    path = Path(path)
+    with deferred():  # a first Ctrl-C waits for the rename: the file is old or new, and the stop comes after
+        return _atomic_write(Path(path), data, what)
+
+
+def _atomic_write(path: Path, data: bytes | memoryview, what: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     view = memoryview(data)
     size = view.nbytes
@@ -137,8 +204,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         path = cand
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} is not a regular file (a device, a pipe or a socket)")
     if path.stat().st_size == 0:
         raise UserError(f"cannot load checkpoint {path}: the file is empty (0 bytes)")
+    bad = damaged_member(path) if zipfile.is_zipfile(path) else None
+    if bad is not None:
+        raise UserError(f"checkpoint {path} is damaged: {bad} fails its CRC check (the file changed after it "
+                        "was written); use an intact copy, or resume a run from its previous checkpoint")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt file or one holding arbitrary objects

@@ -102,7 +102,7 @@ def load_dataset(cfg: DatasetConfig, device: torch.device | str = "cpu") -> Tens
     loaders = {"fashion-mnist": _load_fashion, "mnist": _load_torchvision, "cifar10": _load_torchvision,
                "cifar100": _load_torchvision, "npz": _load_npz, "synthetic": _load_synthetic}
     x_tr, y_tr, x_te, y_te = loaders[cfg.name](cfg)
-    num_classes = int(max(y_tr.max(), y_te.max()).item()) + 1
+    num_classes = checked_classes(cfg, x_tr, y_tr, x_te, y_te)
     data = TensorData(cfg.name, x_tr, y_tr, x_te, y_te, num_classes, (0.0,), (1.0,), x_tr.shape[-1])
     data = data.subset(cfg.train_subset, cfg.test_subset, seed=cfg.seed)
     if cfg.normalize:
@@ -112,6 +112,42 @@ def load_dataset(cfg: DatasetConfig, device: torch.device | str = "cpu") -> Tens
                        x_test=(data.x_test - mean[:, None, None]) / std[:, None, None],
                        mean=tuple(mean.tolist()), std=tuple(std.tolist()))
     return data.to(device)
+
+
+# the class count each dataset declares; npz: dataset.num_classes, else the labels of train ∪ test
+DECLARED_CLASSES = {"fashion-mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+def checked_classes(cfg: DatasetConfig, x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor,
+                    y_te: torch.Tensor) -> int:
+    """The number of classes, with every label checked to lie in [0, classes) and the counts to match —
+    a stray label would otherwise silently widen the model's head (a label of 99 → 100 classes)."""
+    where = {"npz": cfg.path, "synthetic": "synthetic"}.get(cfg.name) or f"{cfg.name} ({cfg.path or cfg.data_root or 'default place'})"
+    declared = DECLARED_CLASSES.get(cfg.name) or (cfg.synthetic.classes if cfg.name == "synthetic" else cfg.num_classes)
+    for split, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
+        if len(x) != len(y):
+            raise UserError(f"{where}: {len(x)} {split} images but {len(y)} {split} labels; they must be equal")
+        if len(y) and int(y.min()) < 0:
+            i = int(torch.nonzero(y < 0)[0])
+            raise UserError(f"{where}: {split} label {int(y[i])} at index {i} is negative; labels are 0 … classes-1")
+    if declared is None:  # npz without dataset.num_classes: the labels of train ∪ test say it
+        both = torch.cat([y_tr, y_te])
+        declared = int(both.max().item()) + 1 if len(both) else 0
+        seen = len(torch.unique(both))
+        if 2 * seen < declared:
+            split, y = ("train", y_tr) if len(y_tr) and int(y_tr.max()) == declared - 1 else ("test", y_te)
+            i = int(torch.nonzero(y == declared - 1)[0])
+            raise UserError(f"{where}: {split} label {declared - 1} at index {i} would make a {declared}-class head, "
+                            f"yet only {seen} distinct labels occur: fix the labels, or set dataset.num_classes")
+        return declared
+    for split, y in (("train", y_tr), ("test", y_te)):
+        bad = torch.nonzero(y >= declared)
+        if len(bad):
+            i = int(bad[0])
+            key = "" if cfg.name in DECLARED_CLASSES or cfg.name == "synthetic" else " (dataset.num_classes)"
+            raise UserError(f"{where}: {split} label {int(y[i])} at index {i} is outside 0 … {declared - 1}: "
+                            f"{cfg.name} has {declared} classes{key}")
+    return declared
 
 
 def load_eval_subset(dataset_cfg: dict, split: str, n: int | None, resolution: int,
@@ -255,10 +291,18 @@ def read_cifar_folder(folder: Path, name: str = "cifar10"):
             path = folder / f
             if not path.exists():
                 raise UserError(f"{name}: {path} is missing (a CIFAR python-format folder has {', '.join(train_files + test_files)})")
-            with open(path, "rb") as fh:
-                d = _CifarUnpickler(fh, encoding="bytes").load()
-            xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(d[label_key], dtype=np.int64))
+            try:
+                with open(path, "rb") as fh:
+                    d = _CifarUnpickler(fh, encoding="bytes").load()
+                x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                y = np.asarray(d[label_key], dtype=np.int64)
+            except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError) as exc:
+                raise UserError(f"{name}: {path} is not a readable CIFAR batch ({type(exc).__name__}: "
+                                f"{str(exc)[:200]}); it holds {{b'data': N×3072 uint8, {label_key!r}: N labels}}") from None
+            if len(x) != len(y) or y.ndim != 1:
+                raise UserError(f"{name}: {path} holds {len(x)} images and {y.size} labels; they must be equal")
+            xs.append(x)
+            ys.append(y)
         return np.concatenate(xs), np.concatenate(ys)
 
     xtr, ytr = read(train_files)
@@ -305,15 +349,35 @@ def _load_npz(cfg: DatasetConfig):
         if absent:
             raise UserError(f"{path}: missing arrays {', '.join(absent)} (has {', '.join(f.files)})")
         arrays = {k: f[k] for k in need}
+    for key in ("x_train", "x_test"):
+        a = arrays[key]
+        if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating) or a.dtype == bool):
+            raise UserError(f"{path}: {key} has dtype {a.dtype}; images are real numbers (uint8 0-255 or floats)")
     x_tr, x_te = _to_float(arrays["x_train"]), _to_float(arrays["x_test"])
-    y_tr = torch.as_tensor(arrays["y_train"]).long().flatten()
-    y_te = torch.as_tensor(arrays["y_test"]).long().flatten()
-    if len(y_tr) != len(x_tr) or len(y_te) != len(x_te):
-        raise UserError(f"{path}: image and label counts differ")
+    for key, x in (("x_train", x_tr), ("x_test", x_te)):  # after the cast: 1e300 in float64 is inf in float32
+        bad = ~torch.isfinite(x.flatten(1)).all(1)
+        if bad.any():
+            i = int(torch.nonzero(bad)[0])
+            raise UserError(f"{path}: {key}[{i}] holds NaN or infinite pixels (as float32); fix or drop that image")
+    y_tr, y_te = _npz_labels(path, "y_train", arrays["y_train"]), _npz_labels(path, "y_test", arrays["y_test"])
     if x_tr.shape[1:] != x_te.shape[1:] or x_tr.shape[-1] != x_tr.shape[-2]:
         raise UserError(f"{path}: train/test images must be square and of one shape, got "
                         f"{tuple(x_tr.shape[1:])} and {tuple(x_te.shape[1:])}")
     return x_tr, y_tr, x_te, y_te
+
+
+def _npz_labels(path: Path, key: str, a: np.ndarray) -> torch.Tensor:
+    """Integer class labels, one per image: a 1-D array of integers (floats only when integral)."""
+    if a.ndim != 1:
+        raise UserError(f"{path}: {key} has shape {a.shape}; labels are one integer per image (shape (N,))")
+    if np.issubdtype(a.dtype, np.floating):
+        frac = ~np.isfinite(a) | (a != np.round(a))
+        if frac.any():
+            i = int(np.argmax(frac))
+            raise UserError(f"{path}: {key}[{i}] = {a[i].item()!r} is not a whole number; labels are class indices")
+    elif not np.issubdtype(a.dtype, np.integer):
+        raise UserError(f"{path}: {key} has dtype {a.dtype}; labels are integers (class indices)")
+    return torch.as_tensor(a.astype(np.int64))
 
 
 def _load_synthetic(cfg: DatasetConfig):

@@ -330,7 +330,8 @@ def fit(
                     save_checkpoint_main(ckpt_path, {
                         **(extra or {}), "model": model.state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": stepper.state_dict(), "epoch": epoch + 1, "rng": _get_rng(gen),
-                        "metrics": metrics, "seconds_so_far": prior_seconds + time.perf_counter() - t_start})
+                        "metrics": metrics, "seconds_so_far": prior_seconds + time.perf_counter() - t_start},
+                        keep_previous=True)  # the fallback when the newest turns out damaged
                 bar.epoch_done(row)
                 for h in hooks:
                     h.after_epoch(model, row)
@@ -394,10 +395,10 @@ def _warm_compiled(net: nn.Module, model: nn.Module, data: TensorData, batch_siz
     model.load_state_dict(saved)
 
 
-def save_checkpoint_main(path: Path, state: dict[str, Any]) -> None:
+def save_checkpoint_main(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
     """Rank 0 writes; every rank waits until it has (so a later read on any rank finds the file)."""
     if world().main:
-        save_checkpoint(path, state)
+        save_checkpoint(path, state, keep_previous=keep_previous)
     barrier()
 
 
@@ -543,18 +544,34 @@ class _Progress:
 
 
 # ----------------------------------------------------------------------------- the `mres train` job
+# keys a resumed `mres train` may change: more epochs, where the data lives, how it runs — not what it learned
+RESUME_MAY_CHANGE = ("train.epochs", "train.eval_batch_size", "train.checkpoint_every", "train.check_every",
+                     "threads", "device", "dataset.path", "dataset.data_root")
+
+
 def train_job(recipe: TrainRecipe, run_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Recipe → data + model → fit; the run dir gets recipe.yaml, metrics.*, checkpoints/last.pt.
 
-    On ``resume`` the checkpoint is checked against the recipe before anything is written.
+    The run holds ``run_dir``'s lock (:class:`~mres.training.rundir.RunLock`) for its life.  On ``resume``
+    the checkpoint is checked against the recipe, and the recipe against the run's own (only
+    ``RESUME_MAY_CHANGE`` keys may differ; they are recorded as an amendment), before anything is written.
     Ctrl-C raises :class:`Interrupted`, naming the last good checkpoint and the resume command.
     """
-    from .checkpoint import load_checkpoint
-    from .data import load_dataset
-    from ..models import build_model
-    from ..recipe import dump_yaml, to_plain
+    from .rundir import RunLock
 
-    run_dir = Path(run_dir)
+    if not world().main:
+        return _train_job(recipe, Path(run_dir), resume, progress)
+    with RunLock(run_dir):
+        return _train_job(recipe, Path(run_dir), resume, progress)
+
+
+def _train_job(recipe: TrainRecipe, run_dir: Path, resume: bool, progress: bool) -> dict[str, Any]:
+    from .checkpoint import load_for_resume
+    from .data import load_dataset
+    from .rundir import record_recipe
+    from ..models import build_model
+    from ..recipe import to_plain
+
     configure_runtime(recipe.threads, recipe.train.deterministic)
     device = select_device(recipe.device)
     from ..recipe import resolution_problems
@@ -576,12 +593,13 @@ def train_job(recipe: TrainRecipe, run_dir: Path, resume: bool = False, progress
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     arch = {"name": recipe.model.name, "options": recipe.model.options(), "in_channels": data.in_channels,
             "num_classes": data.num_classes}
-    state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
+    state = load_for_resume(ckpt_path) if resume else None
     if state is not None:
         check_resumable(state, model, arch, recipe.resolution, ckpt_path)
     if world().main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.yaml").write_text(dump_yaml(recipe))
+        record_recipe(run_dir, to_plain(recipe), resume,
+                      lambda key: any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE))
     barrier()
     extra = {"recipe": to_plain(recipe), "resolution": recipe.resolution, "arch": arch,
              "normalization": {"mean": list(data.mean), "std": list(data.std)}, "plugins": imported_plugins()}

@@ -1,0 +1,81 @@
+"""Bounded work and nothing silently ignored (issue 29, items 8-10): YAML alias bombs and deep nesting are
+refused in milliseconds, long values are cut in error lines, a checkpoint's stored recipe never downloads
+or creates folders, and values that used to be ignored are errors naming the key."""
+import time
+
+import pytest
+import torch
+
+from mres.errors import UserError
+from mres.recipe import CoarseToFineRecipe, load_recipe
+
+TINY = ["--set", "dataset.name=synthetic", "--set", "dataset.synthetic.n_train=128", "--set",
+        "dataset.synthetic.n_test=32", "--set", "dataset.synthetic.size=8", "--set", "resolution=8",
+        "--set", "model.width1=4", "--set", "model.width2=4", "--set", "train.epochs=1", "--quiet"]
+
+
+def bomb(levels: int) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(bomb(10))
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match=r"expands to more than 100,000 nodes through its aliases"):
+        load_recipe(path, kind=CoarseToFineRecipe)
+    assert time.perf_counter() - t0 < 30  # not a timing claim: a bomb that expanded would take minutes and GBs
+
+
+def test_deeply_nested_yaml_is_a_clear_error(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("a: " + "[" * 50000 + "]" * 50000 + "\n")
+    with pytest.raises(UserError, match="nested too deeply"):
+        load_recipe(path)
+
+
+def test_a_long_value_is_cut_in_the_error_line(run_cli, tmp_path):
+    """A value echoed back in an error (here 20,000 numbers where one is wanted) is cut to a readable line."""
+    huge = str(list(range(20000)))
+    code, _, err = run_cli(tmp_path, "train", "--set", "dataset.name=synthetic", "--set", f"seed={huge}",
+                           "--out", str(tmp_path / "r"))
+    assert code == 2 and "seed" in err and "characters cut" in err and len(err) < 3000, len(err)
+
+
+def test_a_stored_recipe_never_downloads_nor_creates_folders(run_cli, tmp_path):
+    run = tmp_path / "R"
+    code, _, err = run_cli(tmp_path, "train", *TINY, "--out", str(run))
+    assert code == 0, err
+    ckpt = run / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    target = tmp_path / "some" / "where"
+    state["recipe"]["dataset"] = {"name": "mnist", "download": True, "data_root": str(target)}
+    torch.save(state, ckpt)
+    code, _, err = run_cli(tmp_path, "evaluate", str(ckpt))
+    assert code == 2 and "mnist not found" in err, err
+    assert not (tmp_path / "some").exists()
+
+
+@pytest.mark.parametrize("args, key", [
+    (["coarse-to-fine", "--set", "dataset.name=synthetic", "--set", "lams=[]"], "lams"),
+    (["coarse-to-fine", "--set", "dataset.name=synthetic", "--set", "strategies=[]"], "strategies"),
+    (["train", "--set", "dataset.name=synthetic", "--set", "train.epochs=true"], "epochs"),
+])
+def test_values_once_ignored_are_errors(run_cli, tmp_path, args, key):
+    code, _, err = run_cli(tmp_path, *args, "--out", str(tmp_path / "r"))
+    assert code == 2 and key in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_flags_once_ignored_are_errors(run_cli, tmp_path):
+    run = tmp_path / "R"
+    code, _, err = run_cli(tmp_path, "train", *TINY, "--out", str(run))
+    assert code == 0, err
+    ckpt = str(run / "checkpoints" / "last.pt")
+    code, _, err = run_cli(tmp_path, "transfer", ckpt, "--to", "fine", "--samples", "-5", "--out",
+                           str(tmp_path / "f.pt"))
+    assert code == 2 and "--samples" in err, err
+    code, _, err = run_cli(tmp_path, "evaluate", ckpt, "--resolution", "0")
+    assert code == 2 and "--resolution 0" in err, err
