@@ -22,7 +22,7 @@ from .strategies import DEFAULTS as DEFAULT_STRATEGIES, NAMES as STRATEGY_NAMES,
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -76,7 +76,7 @@ class DatasetConfig(Strict):
                                     "0 … num_classes-1); null: the largest label of train ∪ test + 1")
     train_subset: int | None = Field(None, ge=1)
     test_subset: int | None = Field(None, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     normalize: bool = True
     augment: AugmentConfig = AugmentConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -111,7 +111,7 @@ class OptimizerConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5.0e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     # cg-steihaug (mres/training/optim.py): a trust-region Newton-CG step per batch
     radius: float = Field(1.0, gt=0, description="cg-steihaug: initial trust-region radius")
     max_radius: float = Field(1000.0, gt=0, description="cg-steihaug: largest radius")
@@ -230,7 +230,7 @@ class ModelBlock(BaseModel):
 class RecipeBase(Strict):
     dataset: DatasetConfig = DatasetConfig()
     model: ModelBlock = ModelBlock()
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
 
@@ -258,7 +258,7 @@ class LandscapeSpec(Strict):
     range: str = Field("-1:1", pattern=r"^-?[\d.]+:-?[\d.]+$")
     samples: int = Field(256, ge=1)
     split: Literal["train", "test"] = "train"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     log: bool | None = Field(None, description="log10 colour scale; null: log when the losses span > 100×")
 
     @field_validator("grid", mode="before")
@@ -629,6 +629,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None,
         p = Path(path)
         if p.is_dir():
             raise UserError(f"recipe file {p} is a directory; give a YAML file (bundled recipes: `mres recipes`)")
+        if p.exists() and not p.is_file():
+            raise UserError(f"recipe file {p} is not a regular file (a device, a pipe or a socket); give a YAML file")
         if not p.is_file():
             raise UserError(f"recipe file {p} does not exist")
         source = str(p)

@@ -79,3 +79,61 @@ def test_flags_once_ignored_are_errors(run_cli, tmp_path):
     assert code == 2 and "--samples" in err, err
     code, _, err = run_cli(tmp_path, "evaluate", ckpt, "--resolution", "0")
     assert code == 2 and "--resolution 0" in err, err
+
+
+@pytest.mark.parametrize("key", ["train.optimizer.lr=.inf", "seed=100000000000000000000000",
+                                 "train.optimizer.betas=[2,3]"])
+def test_values_that_pass_then_fail_are_refused_up_front(run_cli, tmp_path, key):
+    code, _, err = run_cli(tmp_path, "train", "--set", "dataset.name=synthetic", "--set", "train.optimizer.name=adam"
+                           if "betas" in key else "seed=0", "--set", key, "--out", str(tmp_path / "r"))
+    assert code == 2 and key.split("=")[0].split(".")[-1] in err, err
+
+
+def test_lams_nan_is_refused_before_the_coarse_phase(run_cli, tmp_path):
+    code, _, err = run_cli(tmp_path, "coarse-to-fine", "--set", "dataset.name=synthetic", "--set", "lams=[.nan]",
+                           "--out", str(tmp_path / "r"))
+    assert code == 2 and "lams" in err and not (tmp_path / "r").exists(), err
+
+
+def test_huge_sizes_are_refused_before_allocating(run_cli, tmp_path):
+    run = tmp_path / "R"
+    code, _, err = run_cli(tmp_path, "train", *TINY, "--out", str(run))
+    assert code == 0, err
+    ckpt = str(run / "checkpoints" / "last.pt")
+    code, _, err = run_cli(tmp_path, "landscape", ckpt, "--grid", "100000", "--out", str(tmp_path / "L"))
+    assert code == 2 and "at most 1,000,000" in err, err
+    from mres.cli.zoo_cmds import _square_grid  # what `mres spectrum --grid` parses with
+
+    with pytest.raises(UserError, match="at most 1024"):
+        _square_grid("100000")
+    code, _, err = run_cli(tmp_path, "train", *TINY, "--set", "model.width1=1000000000", "--out", str(tmp_path / "W"))
+    assert code == 2 and "weights" in err and "GiB" in err, err
+
+
+def test_threads_beyond_the_cores_are_capped_with_a_note(run_cli, tmp_path):
+    code, _, err = run_cli(tmp_path, "train", *TINY, "--set", "threads=100000", "--out", str(tmp_path / "r"))
+    assert code == 0 and "threads 100000 >" in err, err
+
+
+def test_files_that_are_not_what_they_should_be(run_cli, tmp_path):
+    import os
+
+    bad = tmp_path / "notzip.npz"
+    bad.write_bytes(b"this is not a zip file at all")
+    code, _, err = run_cli(tmp_path, "train", "--set", "dataset.name=npz", "--set", f"dataset.path={bad}",
+                           "--out", str(tmp_path / "r"))
+    assert code == 2 and "not a readable .npz" in err, err
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    code, _, err = run_cli(tmp_path, "train", "--recipe", str(fifo), "--out", str(tmp_path / "r"))
+    assert code == 2 and "not a regular file" in err, err
+    run = tmp_path / "C"
+    code, _, err = run_cli(tmp_path, "coarse-to-fine", "--quiet", "--set", "dataset.name=synthetic", "--set",
+                           "dataset.synthetic.n_train=128", "--set", "dataset.synthetic.size=16", "--set",
+                           "resolutions=[8,16]", "--set", "strategies=[transfer]", "--set", "coarse.epochs=1",
+                           "--set", "fine.epochs=1", "--set", "model.width1=4", "--set", "model.width2=4",
+                           "--out", str(run))
+    assert code == 0, err
+    (run / "summary.json").write_text("{broken")
+    code, _, err = run_cli(tmp_path, "report", str(run))
+    assert code == 2 and "summary.json is not valid JSON" in err, err

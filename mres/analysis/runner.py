@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -41,7 +42,10 @@ _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 
 # ------------------------------------------------------------------------------ specs
 
-def parse_grid(text: str, dim: int, name: str = "--grid") -> tuple[int, ...]:
+MAX_GRID_POINTS = 1_000_000
+
+
+def parse_grid(text: str, dim: int, name: str = "--grid", max_points: int | None = MAX_GRID_POINTS) -> tuple[int, ...]:
     """'41x31' → (41, 31); '41' → (41, 41) for 2-D or (41,) for 1-D."""
     form = GRID_FORM if dim == 2 else "N (points along the line), at least 2"
     m = re.fullmatch(r"\s*(\d+)\s*(?:[xX×]\s*(\d+)\s*)?", str(text or ""))
@@ -53,6 +57,9 @@ def parse_grid(text: str, dim: int, name: str = "--grid") -> tuple[int, ...]:
     sizes = (nx,) if dim == 1 else (nx, ny if ny is not None else nx)
     if min(sizes) < 2:
         raise UserError(f"{name} {text!r}: expected {form}")
+    if max_points is not None and math.prod(sizes) > max_points:
+        raise UserError(f"{name} {text!r}: {math.prod(sizes):,} points; at most {max_points:,} (each point is "
+                        "a forward pass over the evaluation images; 101x101 is already fine)")
     return sizes
 
 

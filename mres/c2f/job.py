@@ -42,8 +42,9 @@ from ..training.hooks import CarryMomentum, FitHook
 from ..models import build_model
 from ..models.plugins import imported_plugins
 from ..training.rundir import RunLock, changed_keys, record_recipe, restore_recipe
-from ..training.preflight import (features_problems, forward_problems, raise_problems, subset_problems,
-                                  transfer_problems)
+from ..models.registry import parameter_count
+from ..training.preflight import (features_problems, forward_problems, memory_problems, raise_problems,
+                                  subset_problems, transfer_problems)
 from .phases import (Phase, budget_matched_epochs, check_phase, lr_plans, phase_config,  # noqa: F401 (public here)
                      pixel_work, plan_phases)
 from ..recipe import CoarseToFineRecipe, TrainConfig, parse_yaml, resolution_problems, to_plain
@@ -81,6 +82,10 @@ class CoarseToFine:
         r, data, res = self.recipe, self.data, self.recipe.grid_resolutions()
         problems = resolution_problems(res, data.resolution, r.dataset.name)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            if not problems:
+                problems += memory_problems(lambda g: parameter_count(r.model.name, r.model.options(),
+                                                                      data.in_channels, data.num_classes, g),
+                                            res, r.model.name)
             if not problems:
                 problems += forward_problems(lambda g: self._build(g, r.seed), res, data.in_channels,
                                              data.num_classes, r.model.name)

@@ -47,12 +47,30 @@ def _variant_dirs(run_dir: Path, trial: int) -> dict[str, Path]:
     return {p.name: p for p in sorted((run_dir / f"trial{trial}").iterdir()) if p.is_dir() and not p.name.startswith("coarse")}
 
 
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """A run's summary.json, or a UserError naming it when it is not one (damaged, edited, another file)."""
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():
+        raise UserError(f"{run_dir} has no summary.json (not a finished coarse-to-fine run directory)")
+    try:
+        summary = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({str(exc)[:120]}); rerun the job with --resume {run_dir} to "
+                        "write it again") from None
+    missing = [k for k in ("strategies", "resolutions", "recipe", "trials") if not isinstance(summary, dict)
+               or k not in summary]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}: not an mres coarse-to-fine summary; rerun the job "
+                        f"with --resume {run_dir} to write it again")
+    return summary
+
+
 def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
         raise UserError(f"{run_dir} has no summary.json (not a finished coarse-to-fine run directory)")
-    summary = json.loads(summary_path.read_text())
+    summary = read_summary(run_dir)
     figs = run_dir / "figures"
     figs.mkdir(exist_ok=True)
     strategies: dict[str, Any] = summary["strategies"]

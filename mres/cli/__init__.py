@@ -147,6 +147,10 @@ def _no_space_message(exc: OSError) -> str:
 def main() -> None:
     args, debug = _split_debug(sys.argv[1:])
     _state["debug"] = debug
+    if not debug:  # torch's own warnings (deprecations, advice) are not for the user of a command line
+        import warnings
+
+        warnings.filterwarnings("ignore", module=r"torch(\.|$)")
     try:
         _join_ranks()
         # without standalone mode typer *returns* the code of an Exit — Ctrl-C outside a run
@@ -187,6 +191,9 @@ def main() -> None:
             raise
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             _error(_no_space_message(exc), 1)
+        if isinstance(exc, PermissionError):  # a read-only --out, a folder of someone else's
+            _error(f"cannot write {exc.filename or 'a file'}: permission denied; choose a place you may write to "
+                   "(e.g. --out runs/NAME)", 2)
         what = first_line(exc)
         what = what if what == type(exc).__name__ else f"{type(exc).__name__}: {what}"
         _error(f"{what}  (rerun with --debug for the traceback)", 1, prefix="failed:")

@@ -106,14 +106,12 @@ def _mean_seconds(values: list) -> str:
 @app.command("report")
 def report_cmd(run_dir: Path = typer.Argument(..., help="A coarse-to-fine run directory.")) -> None:
     """Regenerate report.md / report.html / figures of a coarse-to-fine run."""
-    import json
-
-    from ..c2f.report import write_report
-
     from rich.markup import escape
 
+    from ..c2f.report import read_summary, write_report
+
     path = write_report(run_dir)
-    print_summary(json.loads((run_dir / "summary.json").read_text()))
+    print_summary(read_summary(run_dir))
     console.print(f"report: [bold]{escape(str(path))}[/]")
 
 

@@ -138,10 +138,16 @@ def _square_grid(text: str) -> int:
     """``--grid`` of ``mres spectrum``: N or NxN with the parser of ``mres landscape --grid`` (square only)."""
     from ..analysis.runner import parse_grid
 
-    nx, ny = parse_grid(text, 2)
+    nx, ny = parse_grid(text, 2, max_points=None)
     if nx != ny:
         raise UserError(f"--grid {text!r}: the spectrum is of a square grid; give N or NxN (e.g. 32 or 32x32)")
+    if nx > MAX_SPECTRUM_GRID:
+        raise UserError(f"--grid {text!r}: at most {MAX_SPECTRUM_GRID} (N² frequencies, each a C×C eigenproblem; "
+                        "the spectrum of a 3×3 conv changes little beyond 256)")
     return nx
+
+
+MAX_SPECTRUM_GRID = 1024
 
 
 def _fmt_complex(z: complex) -> str:

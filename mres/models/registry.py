@@ -102,6 +102,20 @@ def build_model(name: str, options: dict[str, Any], in_channels: int, num_classe
     return model
 
 
+def parameter_count(name: str, options: dict[str, Any], in_channels: int, num_classes: int,
+                    resolution: int) -> int | None:
+    """Weights of the model, counted on the meta device (nothing allocated); None when its builder cannot
+    run there (it then is built for real, as before)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = build_model(name, options, in_channels, num_classes, resolution)
+    except Exception:  # noqa: BLE001 - a builder that computes on its weights (e.g. a spectral init)
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
 def _pydantic_message(err: dict[str, Any], options: type[ModelOptions]) -> str:
     """What is wrong, what is allowed and the value given (``model.width1: … ≥ 1 (got -1)``)."""
     if err["type"] == "extra_forbidden":

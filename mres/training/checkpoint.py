@@ -241,6 +241,10 @@ def model_from_checkpoint(ckpt: dict[str, Any], resolution: int | None = None) -
     """Rebuild the model a checkpoint holds (at its own resolution unless told otherwise)."""
     from ..models import build_model
 
+    missing = [k for k in ("arch", "resolution", "model") if k not in ckpt]
+    if missing or not isinstance(ckpt.get("arch"), dict):
+        raise UserError(f"the checkpoint lacks {', '.join(missing) or 'a valid arch'}: it was not written by mres "
+                        "train / coarse-to-fine / transfer, or was edited")
     arch = ckpt["arch"]
     res = ckpt["resolution"] if resolution is None else resolution
     try:
@@ -253,5 +257,10 @@ def model_from_checkpoint(ckpt: dict[str, Any], resolution: int | None = None) -
                 f"(mres {' '.join(f'--import {p}' for p in plugins)} <command> …)") if plugins else ""
         raise UserError(f"{exc}{hint}") from None
     if resolution is None or resolution == ckpt["resolution"]:
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except (RuntimeError, TypeError, AttributeError) as exc:  # other tensors or shapes than its arch builds
+            first = str(exc).strip().splitlines()
+            raise UserError(f"the checkpoint's weights do not fit the {arch['name']} its arch describes "
+                            f"({first[1].strip() if len(first) > 1 else first[0][:200]})") from None
     return model

@@ -13,6 +13,7 @@ import gzip
 import math
 import os
 import pickle
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -341,14 +342,30 @@ def write_sample_cifar(root: Path, n_train: int = 200, n_test: int = 50, seed: i
 
 def _load_npz(cfg: DatasetConfig):
     path = Path(cfg.path or "")
+    if path.exists() and not path.is_file():
+        raise UserError(f"dataset.path {path} is not a regular file (a folder, a device or a pipe); give the .npz file")
     if not path.is_file():
         raise UserError(f"dataset.path {path} does not exist (npz needs a file with x_train, y_train, x_test, y_test)")
-    with np.load(path, allow_pickle=False) as f:
-        need = ("x_train", "y_train", "x_test", "y_test")
-        absent = [k for k in need if k not in f.files]
-        if absent:
-            raise UserError(f"{path}: missing arrays {', '.join(absent)} (has {', '.join(f.files)})")
-        arrays = {k: f[k] for k in need}
+    if not zipfile.is_zipfile(path):  # np.load would take any other bytes for a pickle
+        raise UserError(f"{path}: not a readable .npz file (not a zip archive: empty, truncated, or another format); "
+                        "write it with numpy.savez(path, x_train=…, y_train=…, x_test=…, y_test=…)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise UserError(f"{path}: a single array, not an .npz archive of x_train, y_train, x_test, y_test")
+            need = ("x_train", "y_train", "x_test", "y_test")
+            absent = [k for k in need if k not in f.files]
+            if absent:
+                raise UserError(f"{path}: missing arrays {', '.join(absent)} (has {', '.join(f.files) or 'none'})")
+            arrays = {k: f[k] for k in need}
+    except UserError:
+        raise
+    except ValueError as exc:  # object arrays need pickle, which is never allowed
+        raise UserError(f"{path}: cannot read its arrays ({str(exc)[:200]}); an npz holds plain numeric arrays "
+                        "(no Python objects or strings)") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path}: not a readable .npz file ({type(exc).__name__}: {str(exc)[:200]}); write it with "
+                        "numpy.savez(path, x_train=…, y_train=…, x_test=…, y_test=…)") from None
     for key in ("x_train", "x_test"):
         a = arrays[key]
         if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating) or a.dtype == bool):

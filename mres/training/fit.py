@@ -54,7 +54,11 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def configure_runtime(threads: int | None = None, deterministic: bool = False) -> None:
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    if threads is not None and threads > cores:  # thousands of threads crash torch's pool, they do not help
+        print(f"note: threads {threads} > the {cores} cores here; using {cores}", file=sys.stderr)
+        threads = cores
+    torch.set_num_threads(threads or cores)
     torch.use_deterministic_algorithms(deterministic, warn_only=False)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -575,7 +579,10 @@ def _train_job(recipe: TrainRecipe, run_dir: Path, resume: bool, progress: bool)
     configure_runtime(recipe.threads, recipe.train.deterministic)
     device = select_device(recipe.device)
     from ..recipe import resolution_problems
-    from .preflight import forward_problems, raise_problems
+    from functools import partial
+
+    from ..models.registry import parameter_count
+    from .preflight import forward_problems, memory_problems, raise_problems
 
     data = load_dataset(recipe.dataset, device)
     raise_problems([("resolution", m) for _, m in resolution_problems([recipe.resolution], data.resolution,
@@ -587,8 +594,10 @@ def _train_job(recipe: TrainRecipe, run_dir: Path, resume: bool, progress: bool)
         return build_model(recipe.model.name, recipe.model.options(), data.in_channels, data.num_classes,
                            resolution).to(device)
 
-    raise_problems(forward_problems(build, [recipe.resolution], data.in_channels, data.num_classes,
-                                    recipe.model.name), recipe.model.name)
+    count = partial(parameter_count, recipe.model.name, recipe.model.options(), data.in_channels, data.num_classes)
+    raise_problems(memory_problems(count, [recipe.resolution], recipe.model.name)
+                   or forward_problems(build, [recipe.resolution], data.in_channels, data.num_classes,
+                                       recipe.model.name), recipe.model.name)
     model = build(recipe.resolution)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     arch = {"name": recipe.model.name, "options": recipe.model.options(), "in_channels": data.in_channels,

@@ -20,6 +20,34 @@ import torch.nn as nn
 from ..errors import UserError
 
 
+def available_memory() -> int | None:
+    """Bytes the kernel says are available (MemAvailable), None where /proc/meminfo is absent."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def memory_problems(count: Callable[[int], int | None], resolutions: list[int], name: str,
+                    available: int | None = None) -> list[tuple[str, str]]:
+    """A model whose weights (with their gradients and optimizer state, 4 copies in float32) would not fit
+    in memory is refused before it is built: a width of 10^9 otherwise ends in a crash, not a message."""
+    available = available_memory() if available is None else available
+    if available is None:
+        return []
+    for r in resolutions:
+        n = count(r)
+        if n is not None and 16 * n > available:
+            return [("model", f"{name} at {r}×{r} has {n:,} weights: {16 * n / 2**30:,.1f} GiB with gradients and "
+                              f"optimizer state, more than the {available / 2**30:,.1f} GiB available; choose smaller "
+                              "widths")]
+    return []
+
+
 def forward_problems(build: Callable[[int], nn.Module], resolutions: list[int], in_channels: int,
                      num_classes: int, name: str) -> list[tuple[str, str]]:
     """The model built at every grid takes a batch of the data's shape and gives ``num_classes`` logits."""
