@@ -169,6 +169,20 @@ class TrainConfig(Strict):
                                              "(SyncBatchNorm); off: each rank normalises by its shard")
     compile: bool = Field(False, description="torch.compile the training step's model (one graph per grid, "
                                              "compiled before the epoch clock starts)")
+    log: list[Literal["csv", "tensorboard"]] = Field(
+        ["csv"], description="per-epoch scalars: csv (metrics.csv beside metrics.jsonl, which is always written) "
+                             "and/or tensorboard (events under the phase's tensorboard/ folder: "
+                             "`tensorboard --logdir runs/`; needs `pip install 'mres[tensorboard]'`)")
+
+    @field_validator("log")
+    @classmethod
+    def _loggers_here(cls, v: list[str]) -> list[str]:
+        import importlib.util
+
+        if "tensorboard" in v and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("tensorboard logging needs the optional extra: pip install 'mres[tensorboard]' "
+                             "(or drop tensorboard from log)")
+        return list(dict.fromkeys(v))
 
     @model_validator(mode="after")
     def _stages_and_schedule(self) -> "TrainConfig":

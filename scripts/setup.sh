@@ -48,12 +48,12 @@ if ! .venv/bin/python -c "import mres, torch, torchvision, pytest" >/dev/null 2>
    || [ "$(cat "$MARKER" 2>/dev/null)" != "$MODE" ] || { [ "$MODE" = pinned ] && ! pins_match 2>/dev/null; }; then
   echo "setup: installing mres and its dependencies into .venv ($MODE; torch is several GB the first time)" >&2
   if [ "$MODE" = pinned ]; then
-    .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+    .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,tensorboard]'
     pins_match || { echo "setup: error: .venv does not match constraints.txt (see above)" >&2; exit 1; }
   else
     echo "setup: MRES_UNPINNED=1: newest releases allowed by pyproject.toml, not the tested ones" >&2
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+    .venv/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev,tensorboard]'
   fi
   echo "$MODE" > "$MARKER"
 fi

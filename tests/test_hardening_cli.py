@@ -382,11 +382,12 @@ def test_surface_tick_labels_do_not_overlap(tmp_path, monkeypatch):
 
 
 def _requirements() -> dict[str, str]:
-    """name → lower bound of every requirement in pyproject.toml (``dependencies`` and ``dev``)."""
+    """name → lower bound of every requirement in pyproject.toml (``dependencies``, ``dev`` and
+    ``tensorboard``, the extras scripts/setup.sh installs)."""
     text = (ROOT / "pyproject.toml").read_text()
-    blocks = re.findall(r"^(?:dependencies|dev)\s*=\s*\[(.*?)\]", text, re.S | re.M)
+    blocks = re.findall(r"^(?:dependencies|dev|tensorboard)\s*=\s*\[(.*?)\]", text, re.S | re.M)
     reqs = [r for b in blocks for r in re.findall(r'"([^"]+)"', b)]
-    assert len(blocks) == 2 and reqs
+    assert len(blocks) == 3 and reqs
     out = {}
     for r in reqs:
         m = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9.]+)", r.strip())

@@ -39,6 +39,7 @@ from ..grids.datafit import distill, fit_to_coarse, refuse_polynomial
 from ..training.distributed import agreed, alone, barrier, barrier_all, group, world
 from ..errors import DivergedError, Interrupted, UserError
 from ..training.hooks import CarryMomentum, FitHook
+from ..training.loggers import logger_hooks
 from ..models import build_model
 from ..models.plugins import imported_plugins
 from ..training.rundir import RunLock, changed_keys, record_recipe, restore_recipe
@@ -145,6 +146,7 @@ class CoarseToFine:
         self.current = phase_dir
         diverged = None
         try:
+            hooks = (*hooks, *logger_hooks(cfg.log, phase_dir, f"{label} ({phase_dir.relative_to(self.run_dir)})"))
             metrics = fit(model, data, cfg, seed=seed, augment=self.recipe.dataset.augment, ckpt_path=ckpt,
                           metrics_path=phase_dir / "metrics.jsonl",
                           extra={**self._extra(resolution, label), "phase_config": config,

@@ -87,9 +87,12 @@ def budget_matched_epochs(phases: list[Phase], n_train: int) -> int:
     return max(1, math.floor(pixel_work(phases) / max(1, n_train) + 0.5))
 
 
+NOT_TRAINING = {"log"}  # train-block keys that change what is written, not what is trained
+
+
 def phase_config(cfg: TrainConfig, plan: LRPlan | None) -> dict[str, Any]:
     """What a phase was trained with: its train block and its place in the lr plan (plain JSON)."""
-    out: dict[str, Any] = {"train": cfg.model_dump(mode="json")}
+    out: dict[str, Any] = {"train": cfg.model_dump(mode="json", exclude=NOT_TRAINING)}
     if plan is not None:
         out["lr_plan"] = {"total": plan.total, "offset": plan.offset, "warmup": plan.warmup,
                           "restart_warmup": plan.restart_warmup, "schedule": plan.schedule.model_dump(mode="json")}
@@ -102,7 +105,7 @@ def check_phase(phase_dir: Path, saved: dict[str, Any] | None, now: dict[str, An
     if saved is None:  # written before phases recorded their settings
         return
     # a setting added to mres after the phase was trained counts as its default (what it was trained with)
-    defaults = TrainConfig().model_dump(mode="json")
+    defaults = TrainConfig().model_dump(mode="json", exclude=NOT_TRAINING)
     saved = {**saved, "train": {**{k: v for k, v in defaults.items() if k not in saved.get("train", {})},
                                 **saved.get("train", {})}}
     if finished and saved != now:

@@ -65,7 +65,9 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def write_report(run_dir: Path) -> Path:
+def write_report(run_dir: Path, csv_dir: Path | None = None, latex_dir: Path | None = None) -> Path:
+    """report.md / report.html / figures of a run; with ``csv_dir`` / ``latex_dir`` every table of the report
+    also as one CSV / LaTeX file (:mod:`mres.c2f.export`)."""
     run_dir = Path(run_dir)
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
@@ -124,6 +126,10 @@ def write_report(run_dir: Path) -> Path:
     sections += _analysis_sections(run_dir)
     md = _render_md(sections)
     (run_dir / "report.md").write_text(md)
+    if csv_dir is not None or latex_dir is not None:
+        from .export import export_tables
+
+        export_tables(report_tables(sections), csv_dir, latex_dir)
     (run_dir / "report.html").write_text(_render_html(sections, title=sections[0][1]))
     return run_dir / "report.md"
 
@@ -630,6 +636,22 @@ def _norm_growth_figure(per_variant: dict[str, list[dict[str, Any]]], names: lis
 
 
 # ----------------------------------------------------------------------------- rendering
+def report_tables(sections: list[Section]) -> list[tuple[str, list, list]]:
+    """Each table of a report with its title: the heading above it (and the bold paragraph that names a
+    sub-table, as in the sensitivity section); a second table under one heading is numbered."""
+    out, title, sub, count = [], "report", "", {}
+    for s in sections:
+        if s[0] in ("h1", "h2"):
+            title, sub = s[1], ""
+        elif s[0] == "p" and s[1].startswith("**") and s[1].endswith("**"):
+            sub = s[1].strip("*")
+        elif s[0] == "table":
+            name = f"{title} {sub}".strip()
+            count[name] = count.get(name, 0) + 1
+            out.append((name if count[name] == 1 else f"{name} ({count[name]})", s[1], s[2]))
+    return out
+
+
 def _render_md(sections: list[Section]) -> str:
     lines: list[str] = []
     for s in sections:

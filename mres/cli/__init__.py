@@ -114,6 +114,7 @@ def _error(message: str, code: int, prefix: str = "error:") -> None:
     if dist is not None and dist.world().distributed:
         prefix = f"rank {dist.world().rank}: {prefix}".strip()
     message = cut_long(message)
+    signals.disarm()
     err_console.print(f"[bold red]{prefix}[/] {escape(message)}" if prefix else escape(message),
                       highlight=False, soft_wrap=True)
     sys.exit(code)
@@ -199,4 +200,5 @@ def main() -> None:
         _error(f"{what}  (rerun with --debug for the traceback)", 1, prefix="failed:")
     if signals.pending() is not None:  # a library swallowed the KeyboardInterrupt: still not a success
         _error("interrupted", signals.exit_code(), prefix="")
+    signals.disarm()
     sys.exit(0)

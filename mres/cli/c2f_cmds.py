@@ -104,15 +104,108 @@ def _mean_seconds(values: list) -> str:
 
 
 @app.command("report")
-def report_cmd(run_dir: Path = typer.Argument(..., help="A coarse-to-fine run directory.")) -> None:
-    """Regenerate report.md / report.html / figures of a coarse-to-fine run."""
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="A coarse-to-fine run directory."),
+    csv_dir: Optional[Path] = typer.Option(None, "--csv", help="Also write every table as DIR/NN-title.csv."),
+    latex_dir: Optional[Path] = typer.Option(None, "--latex", help="Also write every table as DIR/NN-title.tex "
+                                                                     "(booktabs)."),
+) -> None:
+    """Regenerate report.md / report.html / figures of a coarse-to-fine run (and its tables as CSV/LaTeX)."""
     from rich.markup import escape
 
     from ..c2f.report import read_summary, write_report
 
-    path = write_report(run_dir)
+    for flag, d in (("--csv", csv_dir), ("--latex", latex_dir)):
+        if d is not None and d.exists() and not d.is_dir():
+            raise UserError(f"{flag} {d}: a file is there; give a directory for the tables")
+    path = write_report(run_dir, csv_dir, latex_dir)
     print_summary(read_summary(run_dir))
     console.print(f"report: [bold]{escape(str(path))}[/]")
+    for flag, d in (("csv", csv_dir), ("LaTeX", latex_dir)):
+        if d is not None:
+            console.print(f"{flag} tables: {escape(str(d))}", markup=False)
+
+
+@app.command("compare")
+def compare_cmd(
+    runs: List[Path] = typer.Argument(..., help="Coarse-to-fine run directories (the first is the reference)."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write the table as CSV (numbers, one row per "
+                                                                "run and strategy)."),
+    latex_path: Optional[Path] = typer.Option(None, "--latex", help="Write the table as LaTeX (booktabs)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the accuracy-vs-seconds figure "
+                                                                 "(compare.png/.pdf) here."),
+) -> None:
+    """Runs side by side: final accuracy with CI, kept points, seconds to a common accuracy, what differs."""
+    import csv as csv_module
+
+    from ..c2f.compare import compare_figure, compare_rows, load_runs
+    from ..c2f.export import to_latex
+
+    for flag, p in (("--csv", csv_path), ("--latex", latex_path)):
+        if p is not None and p.is_dir():
+            raise UserError(f"{flag} {p} is a directory; give the file to write (e.g. {p / 'compare'}"
+                            f"{'.csv' if flag == '--csv' else '.tex'})")
+    loaded = load_runs(runs)
+    head, rows, records, ref = compare_rows(loaded)
+    shown = [0, 1, 2, 3, 4, 5, 8]  # the terminal view; trials, wall-clock and the recipe diff below the table
+    trials = sorted({r[7] for r in rows})
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False,
+                  title=f"{len(loaded)} runs, {'/'.join(trials)} trial(s) each; reference accuracy "
+                        f"{'—' if ref is None else f'{ref * 100:.2f} %'}")
+    for k in shown:
+        table.add_column(head[k], justify="left" if k in (0, 1, 8) else "right", no_wrap=k in (2, 3, 4, 5))
+    for row, rec in zip(rows, records):
+        table.add_row(*(Text(row[k]) for k in shown[:-1]), Text(_vs_short(rec["vs"])))
+    console.print(fit_table(table, console, names=(0, 1)))
+    _footnote(["final %: mean ± std of the final test accuracy", "95 % CI: Student t",
+               "kept: accuracy right after the transfer − the coarse model's (points)",
+               "s to ref.: counted training seconds to the reference accuracy, the lowest baseline final mean "
+               "(k/n: trials that reached it)",
+               "vs first run: difference in points from the first run with that strategy; P: paired t-test (the "
+               "runs share seed and trials), W: Welch's t-test; *: p < 0.05"])
+    seen = set()
+    for rec in records:
+        if rec["run"] not in seen:
+            seen.add(rec["run"])
+            console.print(f"{rec['run']}: {rec['path']} — differs: {rec['differs']}", markup=False, soft_wrap=True)
+    for run in loaded:
+        for note in run.notes:
+            console.print(f"note: {note}", markup=False)
+    if csv_path is not None:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(csv_path, "w", newline="") as f:
+            w = csv_module.writer(f)
+            w.writerow(["run", "path", "strategy", "final_mean_pct", "final_std_pct", "ci_low_pct", "ci_high_pct",
+                        "kept_pts", "seconds_to_reference", "reached", "wall_seconds", "trials", "vs first run",
+                        "differs"])
+            for rec, row in zip(records, rows):
+                ci = rec["final_ci"] or [None, None]
+                w.writerow([rec["run"], rec["path"], rec["strategy"], _x100(rec["final_mean"]),
+                            _x100(rec["final_std"]), _x100(ci[0]), _x100(ci[1]), _x100(rec["kept_mean"]),
+                            rec["seconds_to_reference"], rec["reached"], rec["wall_seconds"], rec["trials"], row[8],
+                            rec["differs"]])
+        console.print(f"csv: {csv_path}", markup=False)
+    if latex_path is not None:
+        latex_path.parent.mkdir(parents=True, exist_ok=True)
+        latex_path.write_text(to_latex(head, rows, caption="Runs compared: final test accuracy in %",
+                                       label="tab:compare"))
+        console.print(f"LaTeX: {latex_path}", markup=False)
+    if out is not None:
+        figs = compare_figure(loaded, out, ref)
+        console.print("figure: " + ", ".join(str(p) for p in figs), markup=False)
+
+
+def _vs_short(vs: dict | None) -> str:
+    """``+1.20* paired p=0.01``: the terminal's cell (the CSV/LaTeX name the reference run too)."""
+    if not vs or vs.get("mean_diff") is None:
+        return "—"
+    kind = "P" if vs["test"] == "paired" else "W"
+    p = "" if vs["p"] is None else f" p={vs['p']:.2f}"
+    return f"{vs['mean_diff'] * 100:+.2f}{'*' if vs['significant'] else ''}{p} {kind}"
+
+
+def _x100(v: float | None) -> float | None:
+    return None if v is None else round(v * 100, 4)
 
 
 @app.command("transfer")

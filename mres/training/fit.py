@@ -6,7 +6,7 @@ every epoch, and resumes from such a checkpoint with identical results (determin
 
 from __future__ import annotations
 
-import csv
+import csv as csv_module
 import io
 import json
 import math
@@ -326,7 +326,7 @@ def fit(
                 metrics.append(row)
                 bad = _nonfinite(model, row)
                 if metrics_path is not None and ranks.main:
-                    write_metrics(metrics_path, metrics)
+                    write_metrics(metrics_path, metrics, csv="csv" in cfg.log)
                 if bad:  # e.g. the last step of the epoch blew the weights up: keep the last good checkpoint
                     raise DivergedError(f"{label}: non-finite {', '.join(bad)} after epoch {epoch + 1}; {_kept(ckpt_path)}",
                                         epoch + 1, seen // cfg.batch_size, metrics)
@@ -343,6 +343,8 @@ def fit(
                     on_epoch(row)
     finally:
         plain_batchnorm(model)
+        for h in hooks:
+            h.on_end(model)
     return metrics
 
 
@@ -487,18 +489,20 @@ def metrics_row_json(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    """metrics.jsonl and metrics.csv side by side, rewritten atomically each epoch (NaN → null)."""
+def write_metrics(path: Path, rows: list[dict[str, Any]], csv: bool = True) -> None:
+    """metrics.jsonl and (``csv``) metrics.csv side by side, rewritten atomically each epoch (NaN → null)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [metrics_row_json(r) for r in rows]
     jsonl = "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows)
     _atomic_write(path.with_suffix(".jsonl"), jsonl)
+    if not csv:
+        return
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
+    w = csv_module.DictWriter(buf, fieldnames=keys)
     w.writeheader()
     w.writerows(rows)
     _atomic_write(path.with_suffix(".csv"), buf.getvalue())
@@ -550,7 +554,7 @@ class _Progress:
 # ----------------------------------------------------------------------------- the `mres train` job
 # keys a resumed `mres train` may change: more epochs, where the data lives, how it runs — not what it learned
 RESUME_MAY_CHANGE = ("train.epochs", "train.eval_batch_size", "train.checkpoint_every", "train.check_every",
-                     "threads", "device", "dataset.path", "dataset.data_root")
+                     "train.log", "threads", "device", "dataset.path", "dataset.data_root")
 
 
 def train_job(recipe: TrainRecipe, run_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -572,6 +576,7 @@ def train_job(recipe: TrainRecipe, run_dir: Path, resume: bool = False, progress
 def _train_job(recipe: TrainRecipe, run_dir: Path, resume: bool, progress: bool) -> dict[str, Any]:
     from .checkpoint import load_for_resume
     from .data import load_dataset
+    from .loggers import logger_hooks
     from .rundir import record_recipe
     from ..models import build_model
     from ..recipe import to_plain
@@ -616,7 +621,7 @@ def _train_job(recipe: TrainRecipe, run_dir: Path, resume: bool, progress: bool)
     try:
         metrics = fit(model, data, recipe.train, seed=recipe.seed, augment=recipe.dataset.augment,
                       ckpt_path=ckpt_path, metrics_path=run_dir / "metrics.jsonl", extra=extra, resume=state,
-                      label="train", progress=progress)
+                      label="train", progress=progress, hooks=logger_hooks(recipe.train.log, run_dir, "train"))
     except KeyboardInterrupt:
         raise Interrupted(interrupted_message(ckpt_path, f"mres train --resume {run_dir}")) from None
     return {"metrics": metrics, "seconds": time.perf_counter() - t0, "run_dir": str(run_dir),

@@ -1,13 +1,14 @@
 """What a training run can be given besides its data and its train block: fit hooks.
 
-A hook attaches to four moments of :func:`mres.train.fit` and does nothing at the others:
+A hook attaches to five moments of :func:`mres.train.fit` and does nothing at the others:
 
 - ``on_start(model, opt)``: once the optimizer is built, before the first step — not on resume (the
   checkpoint then holds what the hook set, e.g. momentum buffers);
 - ``extra_loss(model, xb, yb, step)``: a term added to every step's objective (None: nothing); the
   terms of several hooks are added in their order, before the model's own regularisation;
 - ``after_step(model, step)``: after every optimizer step (its time counts as training);
-- ``after_epoch(model, row)``: after the epoch's metrics row and checkpoint.
+- ``after_epoch(model, row)``: after the epoch's metrics row and checkpoint;
+- ``on_end(model)``: when fit returns or raises (close what the hook opened).
 
 After fit, ``record()`` and ``files()`` give what the hook logged, for the phase's result and as
 JSON files beside it.
@@ -43,6 +44,9 @@ class FitHook:
         pass
 
     def after_epoch(self, model: nn.Module, row: dict[str, Any]) -> None:
+        pass
+
+    def on_end(self, model: nn.Module) -> None:
         pass
 
     def record(self) -> dict[str, Any]:

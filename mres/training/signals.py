@@ -38,6 +38,12 @@ def pending() -> int | None:
     return _state["signum"]
 
 
+def disarm() -> None:
+    """No retry pending (called on the way out: a SIGALRM during exit would end the process as killed)."""
+    if _state["installed"]:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
 def exit_code() -> int:
     return 128 + (_state["signum"] or signal.SIGINT)
 
@@ -51,8 +57,7 @@ def deferred() -> Iterator[None]:
     finally:
         _state["depth"] -= 1
     if _state["depth"] == 0 and _state["signum"] is not None and not _state["raised"]:
-        _state["raised"] = True
-        raise KeyboardInterrupt
+        _stop()
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -72,6 +77,13 @@ def _raise_or_retry(frame: FrameType | None) -> None:
     if _state["depth"] > 0 or _importing(frame):
         signal.setitimer(signal.ITIMER_REAL, RETRY_S)
         return
+    _stop()
+
+
+def _stop() -> None:
+    """Raise the stop once; the retry timer goes (a SIGALRM after the handlers are gone would kill the
+    process with the wrong code while it exits)."""
+    signal.setitimer(signal.ITIMER_REAL, 0)
     _state["raised"] = True
     raise KeyboardInterrupt
 
