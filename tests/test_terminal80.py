@@ -125,6 +125,10 @@ def test_coarse_to_fine_output_fits_80_columns(tmp_path, run_cli, small_npz, col
     code, again, err = run_cli(tmp_path, "report", "run")  # the same tables from summary.json
     assert code == 0, err
     check_80(again)
+    code, cmp_out, err = run_cli(tmp_path, "compare", "run", "run")  # the compare table (a run against itself)
+    assert code == 0, err
+    check_80(cmp_out)
+    assert "galerkin-" in cmp_out and "vs first run" in cmp_out
     html = (tmp_path / "run" / "report.html").read_text()
     assert not re.search(r"(?<![\w*])\*[A-Za-z][^*<>]*\*(?![\w*])", html), "literal *emphasis* in the HTML"
     assert "<em>" in html

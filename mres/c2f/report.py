@@ -448,12 +448,17 @@ def _accuracy_seconds_figure(summary: dict[str, Any], out: Path) -> bool:
     zoom.set_xlabel("cumulative training seconds")
     ax.set_ylabel("test accuracy")
     zoom.set_title("zoom: the top 4 percentage points", fontsize=10)
-    for a in (ax, zoom):
+    from matplotlib.ticker import PercentFormatter
+
+    for a, decimals in ((ax, 0), (zoom, 1)):
         a.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+        a.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=decimals))  # percent, as in every table
+    handles, names = ax.get_legend_handles_labels()  # below both panels: no curve end is covered
+    fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize=8, frameon=False)
     ax.set_title(f"{' → '.join(f'{r}×{r}' for r in summary['resolutions'])}: accuracy against training seconds; "
                  f"{summary['trials']} trial(s)", fontsize=10)
-    fig.tight_layout()
+    rows = -(-len(names) // min(4, max(1, len(names))))
+    fig.tight_layout(rect=(0, 0.04 + 0.045 * rows, 1, 1))
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return True
