@@ -677,9 +677,11 @@ def _plot_2d(result: LandscapeResult, out_dir: Path, vmax: float | None, log: bo
         ax.tick_params(axis="z", which="major", labelsize=7, pad=2)
         ax.set_xlabel(xname, fontsize=8, labelpad=2)
         ax.set_ylabel(yname, fontsize=8, labelpad=2)
-        ax.set_zlabel(zlabel, fontsize=8, labelpad=4)
+        # no z label per panel: beside the next panel it was cut off; the figure title and the shared colour
+        # bar name the z axis once
         ax.set_title(result.labels[k])
         axes3d.append(ax)
+    fig.suptitle(f"height and colour: {zlabel} (one scale for every panel)", fontsize=10)
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes3d, label=zlabel, shrink=0.6)
     paths += _save(fig, out_dir, "landscape_surface")
 
