@@ -1,7 +1,6 @@
 """Bounded work and nothing silently ignored (issue 29, items 8-10): YAML alias bombs and deep nesting are
 refused in milliseconds, long values are cut in error lines, a checkpoint's stored recipe never downloads
 or creates folders, and values that used to be ignored are errors naming the key."""
-import time
 
 import pytest
 import torch
@@ -23,10 +22,8 @@ def bomb(levels: int) -> str:
 def test_yaml_alias_bomb_is_refused_at_once(tmp_path):
     path = tmp_path / "bomb.yaml"
     path.write_text(bomb(10))
-    t0 = time.perf_counter()
     with pytest.raises(UserError, match=r"expands to more than 100,000 nodes through its aliases"):
         load_recipe(path, kind=CoarseToFineRecipe)
-    assert time.perf_counter() - t0 < 30  # not a timing claim: a bomb that expanded would take minutes and GBs
 
 
 def test_deeply_nested_yaml_is_a_clear_error(tmp_path):

@@ -12,6 +12,7 @@ run's baseline reaches it.
 
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 from scipy import stats as sps
 
 from ..errors import UserError
-from ..training.rundir import changed_keys
+from ..training.rundir import changed_keys, get_dotted
 from . import stats, tta
 from .report import read_summary
 
@@ -87,15 +88,9 @@ def recipe_differences(runs: Sequence[Run]) -> list[str]:
         keys.update(changed_keys(recipes[0], other))
     out = []
     for rec in recipes:
-        parts = [f"{k}={_short(_get(rec, k))}" for k in sorted(keys)]
+        parts = [f"{k}={_short(get_dotted(rec, k))}" for k in sorted(keys)]
         out.append(", ".join(parts) if parts else "—")
     return out
-
-
-def _get(d: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
 
 
 def _short(v: Any) -> str:
@@ -264,3 +259,24 @@ def _mean_curve(curves: list[list[dict[str, Any]]], finest: int) -> tuple[list[f
             xs.append(float(np.mean([c[k]["seconds"] for c in curves])))
             ys.append(float(np.mean(acc)) * 100)
     return xs, ys
+
+
+CSV_HEAD = ["run", "path", "strategy", "final_mean_pct", "final_std_pct", "ci_low_pct", "ci_high_pct", "kept_pts",
+            "seconds_to_reference", "reached", "wall_seconds", "trials", "vs first run", "differs"]
+
+
+def write_compare_csv(records: Sequence[dict[str, Any]], rows: Sequence[Sequence[str]], path: Path) -> None:
+    """The compare table as numbers (percent, seconds), one line per run and strategy."""
+    def x100(v: float | None) -> float | None:
+        return None if v is None else round(v * 100, 4)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_HEAD)
+        for rec, row in zip(records, rows):
+            ci = rec["final_ci"] or [None, None]
+            w.writerow([rec["run"], rec["path"], rec["strategy"], x100(rec["final_mean"]), x100(rec["final_std"]),
+                        x100(ci[0]), x100(ci[1]), x100(rec["kept_mean"]), rec["seconds_to_reference"],
+                        rec["reached"], rec["wall_seconds"], rec["trials"], row[HEAD.index("vs first run")],
+                        rec["differs"]])

@@ -69,9 +69,6 @@ def write_report(run_dir: Path, csv_dir: Path | None = None, latex_dir: Path | N
     """report.md / report.html / figures of a run; with ``csv_dir`` / ``latex_dir`` every table of the report
     also as one CSV / LaTeX file (:mod:`mres.c2f.export`)."""
     run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():
-        raise UserError(f"{run_dir} has no summary.json (not a finished coarse-to-fine run directory)")
     summary = read_summary(run_dir)
     figs = run_dir / "figures"
     figs.mkdir(exist_ok=True)

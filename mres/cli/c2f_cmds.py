@@ -136,9 +136,7 @@ def compare_cmd(
                                                                  "(compare.png/.pdf) here."),
 ) -> None:
     """Runs side by side: final accuracy with CI, kept points, seconds to a common accuracy, what differs."""
-    import csv as csv_module
-
-    from ..c2f.compare import compare_figure, compare_rows, load_runs
+    from ..c2f.compare import compare_figure, compare_rows, load_runs, write_compare_csv
     from ..c2f.export import to_latex
 
     for flag, p in (("--csv", csv_path), ("--latex", latex_path)):
@@ -172,18 +170,7 @@ def compare_cmd(
         for note in run.notes:
             console.print(f"note: {note}", markup=False)
     if csv_path is not None:
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(csv_path, "w", newline="") as f:
-            w = csv_module.writer(f)
-            w.writerow(["run", "path", "strategy", "final_mean_pct", "final_std_pct", "ci_low_pct", "ci_high_pct",
-                        "kept_pts", "seconds_to_reference", "reached", "wall_seconds", "trials", "vs first run",
-                        "differs"])
-            for rec, row in zip(records, rows):
-                ci = rec["final_ci"] or [None, None]
-                w.writerow([rec["run"], rec["path"], rec["strategy"], _x100(rec["final_mean"]),
-                            _x100(rec["final_std"]), _x100(ci[0]), _x100(ci[1]), _x100(rec["kept_mean"]),
-                            rec["seconds_to_reference"], rec["reached"], rec["wall_seconds"], rec["trials"], row[8],
-                            rec["differs"]])
+        write_compare_csv(records, rows, csv_path)
         console.print(f"csv: {csv_path}", markup=False)
     if latex_path is not None:
         latex_path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,10 +189,6 @@ def _vs_short(vs: dict | None) -> str:
     kind = "P" if vs["test"] == "paired" else "W"
     p = "" if vs["p"] is None else f" p={vs['p']:.2f}"
     return f"{vs['mean_diff'] * 100:+.2f}{'*' if vs['significant'] else ''}{p} {kind}"
-
-
-def _x100(v: float | None) -> float | None:
-    return None if v is None else round(v * 100, 4)
 
 
 @app.command("transfer")

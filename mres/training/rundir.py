@@ -167,11 +167,12 @@ def amend_recipe(old: dict[str, Any], new: dict[str, Any], changed: list[str]) -
     """``new`` with the history of the run: earlier amendments kept, this one added (date and old → new)."""
     amendments = list(old.get("amendments") or [])
     amendments.append({"date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                       "changed": {k: {"from": _get(old, k), "to": _get(new, k)} for k in changed}})
+                       "changed": {k: {"from": get_dotted(old, k), "to": get_dotted(new, k)} for k in changed}})
     return {**new, "amendments": amendments}
 
 
-def _get(d: dict[str, Any], dotted: str) -> Any:
+def get_dotted(d: Any, dotted: str) -> Any:
+    """``d['a']['b']`` for ``'a.b'`` (None where a part is missing)."""
     for part in dotted.split("."):
         if not isinstance(d, dict):
             return None
@@ -209,7 +210,7 @@ def record_recipe(run_dir: Path, new: dict[str, Any], resume: bool,
     changed = changed_keys(settings, new)
     refused = [k for k in changed if not may_change(k)]
     if refused:
-        what = "; ".join(f"{k}: {_get(settings, k)!r} → {_get(new, k)!r}" for k in refused)
+        what = "; ".join(f"{k}: {get_dotted(settings, k)!r} → {get_dotted(new, k)!r}" for k in refused)
         raise UserError(f"--resume {run_dir}: {what} would change what is already trained, yet the run would record "
                         f"it as if it had always been so; resume without that --set, or start a new run with --out")
     if changed:
