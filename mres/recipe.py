@@ -334,12 +334,28 @@ class AnalysisConfig(Strict):
 
 class GalerkinDataConfig(Strict):
     """The ``galerkin-data`` strategy: every layer fitted so that R·(K_h a_h) ≈ the coarse layer's output."""
-    calibration: int = Field(1024, ge=1, description="fine training images the layers are fitted on (a flatten "
-                                                      "head's dual solve costs N² × its inputs)")
-    lam: float = Field(1e-3, ge=0, allow_inf_nan=False, description="ridge weight towards the start weights")
+    calibration: int = Field(1024, ge=1, description="fine training images the convs are fitted on")
+    head_calibration: int | None = Field(None, ge=1, description="images the linear layers are fitted on (null: "
+                                                                 "calibration; a flatten head's dual solve costs "
+                                                                 "N² × its inputs)")
+    lam: float | Literal["gcv"] = Field("gcv", description="ridge weight towards the start weights, or gcv: per "
+                                                           "layer by generalised cross-validation")
+    sweeps: int = Field(1, ge=1, le=10, description="forward-order passes over the layers (a shared conv's later "
+                                                    "calls see the inputs the last pass left)")
+    bn: Literal["per-layer", "after", "keep"] = Field(
+        "per-layer", description="BN running statistics: per-layer = recalibrated on the calibration images after "
+                                 "each layer is fitted; after = by the job after the fit (bn_recalibrate); keep = "
+                                 "the coarse model's")
     start: Literal["transfer", "galerkin"] = Field("transfer", description="the start weights θ_start: the copy "
                                                                           "or the Galerkin prolongation")
     chunk: int = Field(128, ge=1, description="calibration images per forward pass (memory)")
+
+    @field_validator("lam")
+    @classmethod
+    def _lam_not_negative(cls, v: float | str) -> float | str:
+        if isinstance(v, float) and not (v >= 0 and v != float("inf")):
+            raise ValueError(f"must be a finite number ≥ 0 or 'gcv', got {v}")
+        return v
 
 
 class DistillConfig(Strict):

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from mres.training.data import load_dataset
-from mres.grids.datafit import distill, fit_to_coarse, layer_rows, ridge_solve
+from mres.grids.datafit import distill, fit_to_coarse, layer_rows, primal_solve
 from mres.errors import UserError
 from mres.grids.operators import prolongation_matrix_1d, restriction_matrix_1d
 from mres.models import build_model
@@ -60,7 +60,7 @@ def test_the_solve_equals_lstsq_on_the_explicit_im2col_matrix(family):
     assert torch.allclose(x, xe, atol=1e-12)
     theta0 = torch.randn(28, 4, dtype=torch.float64)
     for lam in (0.0, 0.3):
-        got = ridge_solve(x.T @ x, x.T @ bt, len(x), lam, theta0)
+        got = primal_solve((x.T @ x)[None], (x.T @ bt)[None], (bt ** 2).sum()[None], len(x), theta0[None], lam)[0][0]
         s = (lam * len(xe)) ** 0.5  # ridge as extra rows: [X; s I] θ ≈ [B; s θ0]
         aug = torch.cat([xe, s * torch.eye(28, dtype=torch.float64)])
         rhs = torch.cat([bt, s * theta0])
@@ -90,18 +90,20 @@ def test_on_held_out_images_its_logits_are_closer_than_the_copys(pool):
     assert fit_err < copy_err, (fit_err, copy_err)
 
 
-def test_mgnet_is_fitted_and_poly_mgnet_refused():
+@pytest.mark.parametrize("name,opts", [("mgnet[1,1]-[8]-Bl", {"pi": "pi2"}), ("poly-q2", {"widths": [4, 8]}),
+                                       ("poly-g4", {"widths": [4, 8]})])
+def test_mgnet_and_poly_mgnet_every_layer_fitted_grouped_included(name, opts):
     data = load_dataset(DatasetConfig(name="synthetic", synthetic={"n_train": 64, "n_test": 64, "size": 16}))
-    name = "mgnet[1,1]-[8]-Bl"
-    coarse, fine = build_model(name, {}, 1, 10, 8), build_model(name, {}, 1, 10, 16)
+    torch.manual_seed(0)
+    coarse, fine = build_model(name, opts, 1, 10, 8), build_model(name, opts, 1, 10, 16)
     transfer_weights(coarse, fine, "transfer", "average-bilinear")
     before = function_preservation(coarse, fine, data.x_test, "average-bilinear")["logits"]
-    layers = fit_to_coarse(coarse, fine, data.x_train, "average-bilinear", lam=1e-3)
+    layers = fit_to_coarse(coarse, fine, data.x_train, "average-bilinear")
     after = function_preservation(coarse, fine, data.x_test, "average-bilinear")["logits"]
-    assert len(layers) > 3 and after < before
-    poly_c, poly_f = build_model("poly-q2", {"widths": [4]}, 1, 10, 8), build_model("poly-q2", {"widths": [4]}, 1, 10, 16)
-    with pytest.raises(UserError, match="polynomial"):
-        fit_to_coarse(poly_c, poly_f, data.x_train, "average-bilinear")
+    convs = {n for n, m in fine.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert {r["layer"] for r in layers} == convs  # grouped Π and R included, none skipped
+    assert any(r["groups"] > 1 for r in layers) and any(r["calls"] > 1 for r in layers)
+    assert after < 0.6 * before, (after, before)
 
 
 def _held_out_kl(teacher, student, x, t=2.0):

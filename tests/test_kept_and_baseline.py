@@ -3,9 +3,12 @@
 import json
 
 import pytest
+import torch
+import torch.nn as nn
 
 from mres.c2f.job import run_coarse_to_fine
 from mres.errors import UserError
+from mres.models.registry import ModelFamily, ModelOptions, register_family
 from mres.recipe import CoarseToFineRecipe, validate_recipe
 
 # weight decay 0.9 at lr 1 shrinks every weight tenfold per step: the model falls to the class prior
@@ -64,8 +67,33 @@ def test_kept_is_the_accuracy_after_the_transfer_minus_the_coarse_models(tmp_pat
     assert "What the transfer kept" in (tmp_path / "report.md").read_text()
 
 
-def test_galerkin_data_refuses_poly_mgnet_before_any_training(tmp_path):
-    with pytest.raises(UserError, match="polynomial"):
-        run_coarse_to_fine(recipe(model={"name": "poly-q2", "widths": [4]}, strategies=["galerkin-data"]),
+class _Gain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return self.gain * x
+
+
+def _gain_cnn(name, opts, in_channels, num_classes, resolution):
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), _Gain(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
+
+
+def test_galerkin_data_names_a_layer_it_cannot_fit_before_any_training(tmp_path):
+    register_family(ModelFamily("gain-cnn", lambda n: n == "gain-cnn", ModelOptions, _gain_cnn, lambda n, o: 1))
+    with pytest.raises(UserError, match=r"galerkin-data at 16×16: galerkin-data cannot fit 1 \(_Gain: parameters gain\)"):
+        run_coarse_to_fine(recipe(model={"name": "gain-cnn"}, strategies=["transfer", "galerkin-data"]),
                            tmp_path, progress=False)
     assert not list(tmp_path.glob("trial0/coarse-8/result.json"))
+
+
+@pytest.mark.parametrize("model", [{"name": "poly-g4", "widths": [4]}, {"name": "mgnet[2,1]-[4]", "pi": "pi2"}])
+def test_galerkin_data_runs_on_multigrid_models_and_records_lambda_per_layer(tmp_path, model):
+    s = run_coarse_to_fine(recipe(model=model, strategies=["transfer", "galerkin-data"],
+                                  galerkin_data={"calibration": 64}), tmp_path, progress=False)
+    diag = json.loads((tmp_path / "trial0" / "galerkin-data" / "fine-16" / "diagnostics.json").read_text())
+    assert {r["lam_by"] for r in diag["data_fit"]} == {"gcv"} and all(r["lam"] > 0 for r in diag["data_fit"])
+    assert any(r["calls"] > 1 for r in diag["data_fit"])
+    assert s["strategies"]["galerkin-data"]["acc_at_transfer"][0] is not None

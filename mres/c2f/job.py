@@ -35,7 +35,7 @@ from rich.markup import escape
 
 from ..training.checkpoint import atomic_write, load_checkpoint, load_for_resume
 from ..training.data import TensorData, iterate_batches, load_dataset
-from ..grids.datafit import distill, fit_to_coarse, refuse_polynomial
+from ..grids.datafit import distill, fit_to_coarse, plan_fit
 from ..training.distributed import agreed, alone, barrier, barrier_all, group, world
 from ..errors import DivergedError, Interrupted, UserError
 from ..training.hooks import CarryMomentum, FitHook
@@ -44,8 +44,8 @@ from ..models import build_model
 from ..models.plugins import imported_plugins
 from ..training.rundir import RunLock, changed_keys, record_recipe, restore_recipe
 from ..models.registry import parameter_count
-from ..training.preflight import (features_problems, forward_problems, memory_problems, raise_problems,
-                                  subset_problems, transfer_problems)
+from ..training.preflight import (available_memory, features_problems, forward_problems, memory_problems,
+                                  raise_problems, subset_problems, transfer_problems)
 from .phases import (Phase, budget_matched_epochs, check_phase, lr_plans, phase_config,  # noqa: F401 (public here)
                      pixel_work, plan_phases)
 from ..recipe import CoarseToFineRecipe, TrainConfig, parse_yaml, resolution_problems, to_plain
@@ -97,10 +97,27 @@ class CoarseToFine:
                 for lo, hi in zip(res, res[1:]):
                     problems += transfer_problems(self._build(lo, r.seed), self._build(hi, r.seed), sorted(starts),
                                                   r.family)
+            if not problems and any(v.record.refine == "fit-to-coarse" for v in vs):
+                problems += self._fit_problems()
         problems += features_problems(probe, r.analysis.features is not None)
         problems += subset_problems({"coarse_subset": r.coarse_subset, "fine_subset": r.fine_subset},
                                     len(data.y_train), r.dataset.name)
         raise_problems(problems, f"{r.model.name} on {r.dataset.name}")
+
+    def _fit_problems(self) -> list[tuple[str, str]]:
+        """galerkin-data's plan at every fine grid: each layer it cannot fit, each problem over the memory."""
+        assert self.data is not None
+        r, gd = self.recipe, self.recipe.galerkin_data
+        n = min(gd.calibration, r.fine_subset or len(self.data.y_train))
+        head = min(gd.head_calibration or gd.calibration, r.fine_subset or len(self.data.y_train))
+        for res in r.grid_resolutions()[1:]:
+            model = self._build(res, r.seed)
+            x = torch.zeros(1, self.data.in_channels, res, res, device=next(model.parameters()).device)
+            try:
+                plan_fit(model, x, n, head, available_memory())
+            except UserError as exc:
+                return [("strategies", f"galerkin-data at {res}×{res}: {exc}")]
+        return []
 
     def _arch(self, data: TensorData) -> dict[str, Any]:
         r = self.recipe
@@ -233,8 +250,6 @@ class CoarseToFine:
         plans = lr_plans(phases, r.schedule_scope)
         probe = self._build(phases[0].resolution, r.seed)
         vs = variants(r, _has_coefficients(probe))
-        if any(v.record.refine == "fit-to-coarse" for v in vs):
-            refuse_polynomial(probe)  # before any training
         self._preflight(probe, vs)
         del probe
         old_recipe = None  # every check passed: now the run directory may change (a resume: an amendment)
@@ -375,7 +390,7 @@ class CoarseToFine:
                 rule = self._start_rule(rec)
                 diags = transfer_weights(src, model, rule, r.family, v.lam, "prolongate", coefficient_policy=v.policy)
                 fitted = self._fit_to_coarse(src, model, data) if rec.refine == "fit-to-coarse" else None
-                if r.bn_recalibrate:
+                if r.bn_recalibrate and (fitted is None or r.galerkin_data.bn == "after"):  # else the fit's rule
                     g = torch.Generator().manual_seed(seed)
                     recalibrate_bn(model, (xb for xb, _ in iterate_batches(data.x_train, data.y_train, 256, g)))
                 if buffers is not None:  # momentum moves by the weights' rule
@@ -432,7 +447,9 @@ class CoarseToFine:
     def _fit_to_coarse(self, src: nn.Module, model: nn.Module, data: TensorData) -> list[dict[str, Any]]:
         """galerkin-data: every layer fitted to the coarse model's on the calibration images (closed form)."""
         gd = self.recipe.galerkin_data
-        return fit_to_coarse(src, model, data.x_train[:gd.calibration], self.recipe.family, gd.lam, gd.chunk)
+        head = data.x_train[:gd.head_calibration] if gd.head_calibration else None
+        return fit_to_coarse(src, model, data.x_train[:gd.calibration], self.recipe.family,
+                             None if gd.lam == "gcv" else gd.lam, gd.chunk, gd.sweeps, gd.bn, head)
 
     def _distill(self, src: nn.Module, model: nn.Module, data: TensorData, cfg: TrainConfig,
                  seed: int) -> dict[str, Any]:

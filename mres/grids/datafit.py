@@ -2,31 +2,50 @@
 
 Conventions: the coarse model sees ``R x``, the fine model ``x`` (fine training images); ``R`` is the
 operator family's image restriction, applied per channel; a layer's *output* is its pre-activation
-(conv or linear, before any BN or nonlinearity).
+(conv or linear, before any BN or nonlinearity); a *call* is one application of a layer in the forward
+pass (a shared conv — MgNet's A and B, Poly-MgNet's A inside its polynomial — has several).
 
 ``galerkin-data`` — the Galerkin condition asked of the data. Exact Galerkin makes
 ``R K_h P = K_2h``: the fine layer agrees with the coarse one on images in the range of ``P``. Real
 fine activations are not there, so ask instead, layer by layer in forward order, that restriction
-commute with the layer on them: ``R (K_h a_h) ≈ b_2h``, with ``a_h`` the fine layer's input
-(propagated through the fine layers fitted so far) and ``b_2h`` the coarse layer's own output on ``R x``.
-A conv's output is linear in its kernel, and ``R`` is linear, so
+commute with the layer on them: ``R (K_h a_h) ≈ b_2h`` at every call, with ``a_h`` the fine layer's
+input at that call (propagated through the fine layers fitted so far) and ``b_2h`` the coarse layer's
+own output at the same call on ``R x``. Given its inputs, a call's output is linear in the kernel, and
+``R`` is linear, so
 
     R (K_h a_h)[n, o, q] = Σ_j θ[o, j] X[(n, q), j],   X = R applied to the im2col patches of a_h
 
-and each layer is a ridge least-squares problem with one design matrix for all output channels:
+and each layer (each group of a grouped conv) is a ridge least-squares problem with one design matrix
+for all its output channels, the rows of every call stacked:
 
     min_θ (1/M) ‖X θᵀ − B‖² + λ ‖θ − θ_start‖²   ⇒   (XᵀX/M + λI) θᵀ = XᵀB/M + λ θ_startᵀ
 
-solved in closed form from normal equations accumulated over chunks of the calibration set (no
-gradient descent). On inputs ``x = P y`` it asks ``R K_h P y ≈ K_2h R P y``: where ``R P = I``
-(``average-constant``) that is exact Galerkin (tested); for the other families it fits ``K_2h R P``.
-A linear head has the same form without ``R`` (``logits_h(x) ≈ logits_2h(R x)``); a flatten head has
-more unknowns than calibration rows, so it is solved in the dual (Woodbury):
-``θᵀ = θ_startᵀ + Xᵀ (XXᵀ + λ M I)⁻¹ (B − X θ_startᵀ)``. The copy's ÷4 rule is this fit's answer when
-the fine features restrict exactly to the coarse ones (``W_h = W_2h R``); the fit corrects for
-features that do not. BN layers are not fitted: the conv before each is, and the job recalibrates
-BN afterwards as for every transfer. Poly-MgNet is refused: its smoother applies ``A`` inside a
-polynomial ``Σ c_k A^k``, so a smoothing step is not linear in ``A``'s weights.
+solved in closed form (no gradient descent) from one eigendecomposition: of ``XᵀX`` (primal, sums over
+chunks of the calibration set) when there are fewer unknowns than rows, else of ``XXᵀ`` (dual,
+Woodbury: ``θᵀ = θ_startᵀ + Xᵀ (XXᵀ + λ M I)⁻¹ (B − X θ_startᵀ)``) — whichever Gram matrix is smaller.
+Rows are float64 before any product (a float32 ``XᵀX`` cast afterwards carries a 1e-3 relative error
+into the weights). ``λ`` is the recipe's, or per layer the minimiser of generalised cross-validation
+``GCV(λ) = Σ ‖(I − H_λ) r‖² / (1 − tr H_λ / M)²`` (Golub, Heath & Wahba 1979; ``r = B − X θ_start``),
+which the eigendecomposition gives for every λ at once.
+
+On inputs ``x = P y`` it asks ``R K_h P y ≈ K_2h R P y``: where ``R P = I`` (``average-constant``) that
+is exact Galerkin (tested); for the other families it fits ``K_2h R P``. A linear head has the same form
+without ``R`` (``logits_h(x) ≈ logits_2h(R x)``). The copy's ÷4 rule is this fit's answer when the fine
+features restrict exactly to the coarse ones (``W_h = W_2h R``); the fit corrects for features that do not.
+
+A shared conv's later calls take inputs that depend on its own weights (MgNet's ``u ← u + B(f − A u)``;
+Poly-MgNet's ``A`` inside ``Σ c_k A^k``), so one solve fits its calls with the inputs the start weights
+gave; ``sweeps`` > 1 repeats the whole forward-order pass with the inputs the last pass left (a
+fixed-point iteration; each solve is still exact for its inputs). Poly-MgNet's coefficients ``c_k`` are
+not refitted: the start rule carries them (its coefficient policy). BN layers are not fitted; the
+``bn`` rule says what their running statistics become: ``per-layer`` recalibrates every BN on the fine
+calibration images right after each layer is fitted (so the next layer is fitted on the inputs it
+will see), ``after`` leaves them to the job's recalibration after the fit, ``keep`` keeps the coarse
+model's statistics (BN in eval mode is a per-channel affine map, which commutes with ``R``).
+
+``plan_fit`` reads the layers off one forward pass before any training: a layer with parameters the
+fit cannot set (not a conv, linear or BN layer, nor a parameter its module declares carried in
+``fit_carries``) is named in an error, and so is a problem whose Gram matrix does not fit in memory.
 
 ``distill`` — the gradient-descent answer to the same question: ``steps`` SGD steps on fine
 training images, KL(teacher ‖ student) with temperature ``T`` (× T², Hinton et al.), teacher the
@@ -35,17 +54,24 @@ coarse model on ``R x``.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from scipy.optimize import minimize_scalar
 
 from ..errors import UserError
 from .operators import restrict_images
+from .transfer import recalibrate_bn
 
 FITTED = (nn.Conv2d, nn.Linear)
-DUAL_ABOVE = 4096  # unknowns per output above which a layer is solved in the dual (flatten heads)
+BN_RULES = ("per-layer", "after", "keep")
+BnRule = Literal["per-layer", "after", "keep"]
+GCV_GRID = np.linspace(-9.0, 3.0, 49)  # log10(μ / mean eigenvalue) searched before the bounded refinement
 
 
 # ----------------------------------------------------------------------------- one layer's rows
@@ -53,9 +79,9 @@ def restricted_patches(a: torch.Tensor, conv: nn.Conv2d, out_shape: tuple[int, i
     """The design rows of ``conv`` on input ``a``: im2col patches (with the conv's padding mode), each
     patch column restricted until its map has the coarse output's shape, plus a column for the
     bias (``R 1``). Returns (N·Hc·Wc, C·kh·kw + 1)."""
-    ph, pw = conv.padding if isinstance(conv.padding, tuple) else (conv.padding, conv.padding)
     if isinstance(conv.padding, str):
         raise UserError(f"galerkin-data: conv with padding={conv.padding!r} is not supported (give integers)")
+    ph, pw = conv.padding
     mode = {"zeros": "constant"}.get(conv.padding_mode, conv.padding_mode)
     a = F.pad(a, (pw, pw, ph, ph), mode=mode) if (ph or pw) else a
     cols = F.unfold(a, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)  # (N, C·k, L)
@@ -87,48 +113,203 @@ def layer_rows(module: nn.Module, a: torch.Tensor, b: torch.Tensor, family: str)
     return torch.cat([a, a.new_ones(len(a), 1)], 1), b.reshape(len(b), -1)
 
 
+def grouped_rows(x: torch.Tensor, b: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split rows (M, D + 1) and targets (M, O) of a conv with ``groups`` into (g, M, D/g + 1) and
+    (g, M, O/g): group k's outputs see only its inputs' columns (the bias column goes to every group)."""
+    m, d = x.shape[0], x.shape[1] - 1
+    xg = torch.cat([x[:, :-1].reshape(m, groups, d // groups), x[:, -1:, None].expand(m, groups, 1)], -1)
+    return xg.transpose(0, 1), b.reshape(m, groups, -1).transpose(0, 1)
+
+
 def layer_theta(module: nn.Module) -> torch.Tensor:
-    """The layer's weights as the (D + 1, O) unknowns of its rows (bias last, 0 when it has none)."""
-    w = module.weight.detach().reshape(module.weight.shape[0], -1)
-    bias = module.bias.detach() if module.bias is not None else w.new_zeros(w.shape[0])
-    return torch.cat([w, bias[:, None]], 1).T
+    """The layer's weights as the (g, D/g + 1, O/g) unknowns of its grouped rows (bias last, 0 when it has none)."""
+    g = getattr(module, "groups", 1)
+    o = module.weight.shape[0]
+    w = module.weight.detach().reshape(g, o // g, -1)
+    bias = module.bias.detach() if module.bias is not None else w.new_zeros(o)
+    return torch.cat([w, bias.reshape(g, o // g, 1)], -1).transpose(1, 2)
 
 
 def set_theta(module: nn.Module, theta: torch.Tensor) -> None:
     with torch.no_grad():
-        module.weight.copy_(theta[:-1].T.reshape(module.weight.shape))
+        module.weight.copy_(theta[:, :-1].transpose(1, 2).reshape(module.weight.shape))
         if module.bias is not None:
-            module.bias.copy_(theta[-1])
+            module.bias.copy_(theta[:, -1].reshape(-1))
 
 
-def ridge_solve(gram: torch.Tensor, cross: torch.Tensor, rows: int, lam: float, theta0: torch.Tensor,
-                fit_bias: bool = True) -> torch.Tensor:
-    """``(G/M + λI) θ = C/M + λ θ0`` in float64 (``G = XᵀX``, ``C = XᵀB``, ``M`` rows); a bias-free
-    layer's bias row is pinned to 0. A singular system (λ = 0, too few rows) falls back to the
-    least-norm solution."""
-    g, c = gram.double() / rows, cross.double() / rows
-    keep = slice(None) if fit_bias else slice(0, -1)
-    g, c, t0 = g[keep, keep], c[keep], theta0.double()[keep]
-    a = g + lam * torch.eye(len(g), dtype=g.dtype, device=g.device)
-    rhs = c + lam * t0
+# ----------------------------------------------------------------------------- the ridge solves
+@dataclass(frozen=True)
+class Spectrum:
+    """A ridge problem in the eigenbasis of its Gram matrix, batched over groups: ``s`` (g, K) eigenvalues,
+    ``w2`` (g, K) squared projections of the start residual summed over outputs, ``rr`` (g,) the start
+    residual ‖B − X θ_start‖², ``rows`` M, and whether it is the primal (``XᵀX``) or dual (``XXᵀ``) form."""
+
+    s: torch.Tensor
+    w2: torch.Tensor
+    rr: torch.Tensor
+    rows: int
+    dual: bool
+
+    def _kept(self) -> torch.Tensor:  # eigenvalues above rounding: the others belong to the null space
+        return self.s > self.s.amax(-1, keepdim=True).clamp_min(1e-300) * self.s.shape[-1] * 1e-15
+
+    def rss(self, mu: float) -> torch.Tensor:
+        """‖(I − H_μ) r‖² per group, μ = λ M."""
+        s, w2, keep = self.s.clamp_min(0), self.w2, self._kept()
+        if self.dual:  # w = Uᵀ r: the residual is μ/(s + μ) of each component
+            return ((mu / (s + mu)) ** 2 * w2).sum(-1) if mu > 0 else (w2 * ~keep).sum(-1)
+        # primal, z = Vᵀ Xᵀ r: ‖r‖² − Σ z²/s is the part of r no θ reaches; the rest shrinks by μ/(s + μ)
+        inv = torch.where(keep, 1 / s.clamp_min(1e-300), torch.zeros_like(s))
+        unreachable = (self.rr - (w2 * inv).sum(-1)).clamp_min(0)
+        return unreachable + (w2 * inv * (mu / (s + mu)) ** 2 * keep).sum(-1)
+
+    def dof(self, mu: float) -> torch.Tensor:
+        s = self.s.clamp_min(0)
+        return (s / (s + mu)).sum(-1) if mu > 0 else self._kept().sum(-1).to(s.dtype)
+
+    def gcv(self, mu: float) -> float:
+        return float((self.rss(mu) / (1 - self.dof(mu) / self.rows).clamp_min(1e-12) ** 2).sum())
+
+    def best_mu(self) -> float:
+        """The μ = λ M minimising GCV: a log grid relative to the mean eigenvalue, then a bounded search."""
+        scale = float(self.s.clamp_min(0).mean()) or 1.0
+        scores = [self.gcv(scale * 10 ** t) for t in GCV_GRID]
+        t0 = GCV_GRID[int(np.argmin(scores))]
+        step = GCV_GRID[1] - GCV_GRID[0]
+        res = minimize_scalar(lambda t: self.gcv(scale * 10 ** t), bounds=(t0 - step, t0 + step), method="bounded",
+                              options={"xatol": 1e-3})
+        t = res.x if res.fun <= min(scores) else t0
+        return scale * 10 ** float(t)
+
+
+def _inverse(s: torch.Tensor, mu: float, keep: torch.Tensor) -> torch.Tensor:
+    if mu > 0:
+        return 1 / (s.clamp_min(0) + mu)
+    return torch.where(keep, 1 / s.clamp_min(1e-300), torch.zeros_like(s))  # λ = 0: the least-norm solution
+
+
+def primal_solve(gram: torch.Tensor, cross: torch.Tensor, bb: torch.Tensor, rows: int, theta0: torch.Tensor,
+                 lam: float | None) -> tuple[torch.Tensor, float, Spectrum]:
+    """``(G/M + λI) θ = C/M + λ θ0`` per group from ``G = XᵀX`` (g, D, D), ``C = XᵀB`` (g, D, O) and
+    ``bb = ‖B‖²`` (g,), float64; ``lam`` None: chosen by GCV. Returns (θ, λ, spectrum)."""
+    s, v = torch.linalg.eigh(gram)
+    cr = cross - gram @ theta0  # Xᵀ r, r = B − X θ0
+    z = v.transpose(1, 2) @ cr
+    rr = bb - 2 * (theta0 * cross).sum((1, 2)) + (theta0 * (gram @ theta0)).sum((1, 2))
+    spec = Spectrum(s, (z ** 2).sum(-1), rr.clamp_min(0), rows, dual=False)
+    mu = spec.best_mu() if lam is None else lam * rows
+    theta = theta0 + v @ (_inverse(s, mu, spec._kept())[..., None] * z)
+    return theta, mu / rows, spec
+
+
+def dual_solve(x: torch.Tensor, b: torch.Tensor, theta0: torch.Tensor, lam: float | None) -> tuple[torch.Tensor, float, Spectrum]:
+    """The same problem from the rows (g, M, D) when there are more unknowns than rows:
+    ``θ = θ0 + Xᵀ (XXᵀ + λ M I)⁻¹ (B − X θ0)``, float64."""
+    r = b - x @ theta0
+    s, u = torch.linalg.eigh(x @ x.transpose(1, 2))
+    w = u.transpose(1, 2) @ r
+    spec = Spectrum(s, (w ** 2).sum(-1), (r ** 2).sum((1, 2)), x.shape[1], dual=True)
+    mu = spec.best_mu() if lam is None else lam * x.shape[1]
+    alpha = u @ (_inverse(s, mu, spec._kept())[..., None] * w)
+    return theta0 + x.transpose(1, 2) @ alpha, mu / x.shape[1], spec
+
+
+# ----------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class LayerPlan:
+    """One fitted layer: its calls per image, the rows and unknowns of each group's problem, the form
+    solved (the smaller Gram matrix) and the bytes it needs."""
+
+    name: str
+    groups: int
+    unknowns: int  # per group, bias included
+    outputs: int  # per group
+    calls: int
+    rows: int
+    images: int
+
+    @property
+    def dual(self) -> bool:
+        return self.unknowns > self.rows
+
+    @property
+    def bytes(self) -> int:
+        k = min(self.unknowns, self.rows)  # the Gram matrix, its eigenvectors and eigh's workspace
+        stored = self.rows * self.unknowns if self.dual else self.unknowns * self.outputs
+        return 8 * self.groups * (3 * k * k + stored)
+
+    def describe(self) -> str:
+        form = "dual, XXᵀ" if self.dual else "primal, XᵀX"
+        per = f"{self.groups} groups of " if self.groups > 1 else ""
+        return (f"{per}{self.rows:,} rows × {self.unknowns:,} unknowns ({form} {min(self.unknowns, self.rows):,}² in "
+                f"float64): {self.bytes / 2**30:,.2f} GiB")
+
+
+def unsupported_layers(model: nn.Module) -> list[str]:
+    """Modules with parameters the fit cannot set: not conv/linear/BN, nor declared carried (``fit_carries``)."""
+    out = []
+    for name, m in model.named_modules():
+        own = [n for n, _ in m.named_parameters(recurse=False)]
+        if not own or isinstance(m, nn.modules.batchnorm._BatchNorm):
+            continue
+        if isinstance(m, nn.Conv2d):
+            if isinstance(m.padding, str):
+                out.append(f"{name} (Conv2d with padding={m.padding!r}; give integers)")
+            continue
+        if isinstance(m, nn.Linear):
+            continue
+        rest = [n for n in own if n not in getattr(m, "fit_carries", ())]
+        if rest:
+            out.append(f"{name or '(the model)'} ({type(m).__name__}: parameters {', '.join(rest)})")
+    return out
+
+
+@torch.no_grad()
+def plan_fit(fine: nn.Module, x_probe: torch.Tensor, calibration: int, head_calibration: int | None = None,
+             available: int | None = None) -> list[LayerPlan]:
+    """The fitted layers of ``fine`` in the order of their first call on ``x_probe`` (fine images), each
+    with its problem's size for ``calibration`` images (linear layers: ``head_calibration``). Raises a
+    UserError naming every layer the fit cannot handle, and any problem over ``available`` bytes."""
+    problems = unsupported_layers(fine)
+    calls: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
+    mods = [(n, m) for n, m in fine.named_modules() if isinstance(m, FITTED)]
+    hooks = [m.register_forward_hook(lambda mod, args, out, n=n: calls.setdefault(n, []).append(
+        (tuple(args[0].shape), tuple(out.shape)))) for n, m in mods]
+    was = fine.training
+    fine.eval()
     try:
-        theta = torch.linalg.solve(a, rhs)
-    except RuntimeError:
-        theta = torch.linalg.lstsq(a.cpu(), rhs.cpu(), driver="gelsd").solution.to(a.device)
-    if not fit_bias:
-        theta = torch.cat([theta, theta.new_zeros(1, theta.shape[1])])
-    return theta
-
-
-def dual_solve(x: torch.Tensor, b: torch.Tensor, lam: float, theta0: torch.Tensor, fit_bias: bool = True) -> torch.Tensor:
-    """The same ridge problem with more unknowns than rows: θ = θ0 + Xᵀ (XXᵀ + λ M I)⁻¹ (B − X θ0)."""
-    t0 = theta0.to(x.dtype)
-    if not fit_bias:
-        x, t0 = x[:, :-1], t0[:-1]
-    k = (x @ x.T).double() + lam * len(x) * torch.eye(len(x), dtype=torch.float64, device=x.device)
-    alpha = torch.linalg.solve(k, (b - x @ t0).double())
-    theta = theta0.double()[:len(t0)] + (x.T @ alpha.to(x.dtype)).double()
-    return theta if fit_bias else torch.cat([theta, theta.new_zeros(1, theta.shape[1])])
+        fine(x_probe)
+    finally:
+        fine.train(was)
+        for h in hooks:
+            h.remove()
+    n_probe = len(x_probe)
+    plans = []
+    for name in calls:
+        m = dict(mods)[name]
+        if isinstance(m, nn.Linear) and any(math.prod(i[1:]) != m.in_features for i, _ in calls[name]):
+            problems.append(f"{name} (Linear on inputs of shape {calls[name][0][0]}; only a linear map of each whole example (flattened) is fitted)")
+            continue
+        g = getattr(m, "groups", 1)
+        if isinstance(m, nn.Conv2d):
+            per_image = sum(math.ceil(o[-2] / 2) * math.ceil(o[-1] / 2) for _, o in calls[name])
+            images = calibration
+        else:
+            per_image = sum(math.prod(o[:-1]) // n_probe for _, o in calls[name])
+            images = head_calibration or calibration
+        unknowns = m.weight[0].numel() + 1
+        plans.append(LayerPlan(name, g, unknowns, m.weight.shape[0] // g, len(calls[name]), per_image * images, images))
+    if problems:
+        raise UserError("galerkin-data cannot fit " + "; ".join(problems) + ". It fits Conv2d (any groups, integer "
+                        "padding) and Linear layers on whole (flattened) examples, recalibrates or keeps BN, and carries "
+                        "parameters a module lists in fit_carries; use transfer, galerkin or distill for this model")
+    if available is not None:
+        big = [p for p in plans if p.bytes > available]
+        if big:
+            raise UserError("galerkin-data: " + "; ".join(f"layer {p.name}: {p.describe()}" for p in big) +
+                            f" — more than the {available / 2**30:,.1f} GiB available; lower galerkin_data.calibration"
+                            " (or head_calibration)")
+    return plans
 
 
 # ----------------------------------------------------------------------------- the model
@@ -150,93 +331,87 @@ def _calls(model: nn.Module, names: list[str], x: torch.Tensor, what: str) -> di
     return seen
 
 
-def fitted_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
-    """The convs and linear layers (groups = 1) in the order of their first call on ``x``."""
-    order: list[str] = []
-    mods = [(n, m) for n, m in model.named_modules() if isinstance(m, FITTED) and getattr(m, "groups", 1) == 1]
-    handles = [m.register_forward_pre_hook(lambda mod, args, n=n: order.append(n) if n not in order else None)
-               for n, m in mods]
-    try:
-        model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return order
-
-
-def refuse_polynomial(model: nn.Module) -> None:
-    levels = getattr(model, "smoothing_levels", None)
-    if callable(levels) and any(lvl.coeffs for lvl in levels()):
-        raise UserError("galerkin-data fits layers whose output is linear in their weights; Poly-MgNet's smoother "
-                        "applies its stencil A inside a polynomial Σ c_k A^k, so it is not: use transfer, galerkin "
-                        "or galerkin-reg for poly-mgnet (or distill)")
-
-
 def _chunks(x: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
     for i in range(0, len(x), size):
         yield x[i:i + size]
 
 
+def _layer_problem(coarse: nn.Module, fine: nn.Module, plan: LayerPlan, x: torch.Tensor, family: str,
+                   chunk: int) -> dict[str, Any]:
+    """The rows of one layer over the calibration images, float64: the Gram sums (primal) or the rows (dual)."""
+    layer = dict(fine.named_modules())[plan.name]
+    xc_all = restrict_to_shape(x, (x.shape[-2] // 2, x.shape[-1] // 2), family)
+    cdev, fdev = next(coarse.parameters()).device, next(fine.parameters()).device
+    acc: dict[str, Any] = {"rows": 0, "xs": [], "bs": []}
+    for xf, xc in zip(_chunks(x, chunk), _chunks(xc_all, chunk)):
+        a_calls = _calls(fine, [plan.name], xf.to(fdev), "in")[plan.name]
+        b_calls = _calls(coarse, [plan.name], xc.to(cdev), "out")[plan.name]
+        if len(a_calls) != len(b_calls):
+            raise UserError(f"galerkin-data: layer {plan.name} runs {len(a_calls)}× in the fine model and "
+                            f"{len(b_calls)}× in the coarse one; the models must share their structure")
+        for a, b in zip(a_calls, b_calls):
+            xr, br = layer_rows(layer, a.double(), b.to(a.device).double(), family)  # float64 before any product
+            xg, bg = grouped_rows(xr, br, plan.groups)
+            acc["rows"] += xg.shape[1]
+            if plan.dual:
+                acc["xs"].append(xg), acc["bs"].append(bg)
+                continue
+            parts = {"gram": xg.transpose(1, 2) @ xg, "cross": xg.transpose(1, 2) @ bg, "bb": (bg ** 2).sum((1, 2))}
+            for k, v in parts.items():
+                acc[k] = v if k not in acc else acc[k] + v
+    return acc
+
+
 @torch.no_grad()
-def fit_to_coarse(coarse: nn.Module, fine: nn.Module, x: torch.Tensor, family: str, lam: float = 1e-3,
-                  chunk: int = 128) -> list[dict[str, Any]]:
+def fit_to_coarse(coarse: nn.Module, fine: nn.Module, x: torch.Tensor, family: str, lam: float | None = None,
+                  chunk: int = 128, sweeps: int = 1, bn: BnRule = "per-layer",
+                  x_head: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """``galerkin-data``: fit every conv and linear layer of ``fine`` (already holding its start weights)
-    so that ``R (layer_h a_h) ≈ layer_2h(R x)`` on the calibration images ``x``, layer by layer in
-    forward order. Both models run in eval mode; modes are restored. Returns per layer its name, the
-    rows used and the relative residual of the start and of the fit on the calibration rows."""
-    refuse_polynomial(fine)
+    so that ``R (layer_h a_h) ≈ layer_2h(R x)`` at every call on the calibration images ``x`` (linear
+    layers: ``x_head`` when given), layer by layer in forward order, ``sweeps`` times; ``lam`` None: λ
+    per layer by GCV; ``bn``: see the module docstring. Both models run in eval mode; modes are restored.
+    Returns per layer and sweep its name, groups, rows, form, λ and the relative residual of the start and
+    of the fit on its calibration rows."""
+    if bn not in BN_RULES:
+        raise UserError(f"galerkin_data.bn: {bn!r} is not a rule; allowed: {', '.join(BN_RULES)}")
     modes = (coarse.training, fine.training)
     coarse.eval(), fine.eval()
     dev = next(fine.parameters()).device
-    xc_all = restrict_to_shape(x, (x.shape[-2] // 2, x.shape[-1] // 2), family)
     report = []
     try:
-        names = fitted_layers(fine, x[:2].to(dev))
+        plans = plan_fit(fine, x[:1].to(dev), len(x), None if x_head is None else len(x_head))
         fmods = dict(fine.named_modules())
-        for name in names:
-            layer = fmods[name]
-            theta0 = layer_theta(layer).double()
-            fit_bias = layer.bias is not None
-            dual = theta0.shape[0] > DUAL_ABOVE
-            gram = cross = None
-            xs, bs = [], []
-            rows, res0 = 0, [0.0, 0.0]
-            for xf, xc in zip(_chunks(x, chunk), _chunks(xc_all, chunk)):
-                a_calls = _calls(fine, [name], xf.to(dev), "in")[name]
-                b_calls = _calls(coarse, [name], xc.to(next(coarse.parameters()).device), "out")[name]
-                if len(a_calls) != len(b_calls):
-                    raise UserError(f"galerkin-data: layer {name} runs {len(a_calls)}× in the fine model and "
-                                    f"{len(b_calls)}× in the coarse one; the models must share their structure")
-                for a, b in zip(a_calls, b_calls):
-                    # rows in the activations' precision (float32: the products are the cost), sums in float64
-                    xr, br = layer_rows(layer, a, b.to(a.device, a.dtype), family)
-                    rows += len(xr)
-                    res0[0] += float(((xr @ theta0.to(xr.dtype) - br).double() ** 2).sum())
-                    res0[1] += float((br.double() ** 2).sum())
-                    if dual:
-                        xs.append(xr), bs.append(br)
-                    else:
-                        g, c = (xr.T @ xr).double(), (xr.T @ br).double()
-                        gram, cross = (g, c) if gram is None else (gram + g, cross + c)
-            if dual:
-                xs_all, bs_all = torch.cat(xs), torch.cat(bs)
-                theta = dual_solve(xs_all, bs_all, lam, theta0, fit_bias)
-                fit = float(((xs_all.double() @ theta - bs_all.double()) ** 2).sum())
-            else:
-                theta = ridge_solve(gram, cross, rows, lam, theta0, fit_bias)
-                fit = _residual(gram, cross, theta, res0[1])
-            set_theta(layer, theta.to(layer.weight.dtype))
-            denom = max(res0[1], 1e-300)
-            report.append({"layer": name, "rows": rows, "solve": "dual" if dual else "normal equations",
-                           "residual_start": (res0[0] / denom) ** 0.5, "residual_fit": (max(fit, 0.0) / denom) ** 0.5})
+        for sweep in range(1, sweeps + 1):
+            for plan in plans:
+                layer = fmods[plan.name]
+                xs = x_head if (x_head is not None and isinstance(layer, nn.Linear)) else x
+                acc = _layer_problem(coarse, fine, plan, xs, family, chunk)
+                theta0 = layer_theta(layer).double()
+                keep = slice(None) if layer.bias is not None else slice(0, -1)  # a bias-free layer's stays 0
+                if plan.dual:
+                    xall, ball = torch.cat(acc["xs"], 1), torch.cat(acc["bs"], 1)
+                    theta, lam_used, spec = dual_solve(xall[..., keep], ball, theta0[:, keep], lam)
+                    bb = float((ball ** 2).sum())
+                else:
+                    gram, cross = acc["gram"][:, keep, keep], acc["cross"][:, keep]
+                    theta, lam_used, spec = primal_solve(gram, cross, acc["bb"], acc["rows"], theta0[:, keep], lam)
+                    bb = float(acc["bb"].sum())
+                if layer.bias is None:
+                    theta = torch.cat([theta, theta.new_zeros(theta.shape[0], 1, theta.shape[2])], 1)
+                set_theta(layer, theta.to(layer.weight.dtype))
+                if bn == "per-layer":  # the next layer is fitted on the inputs it will see
+                    recalibrate_bn(fine, _chunks(x, chunk))
+                fit = float(spec.rss(lam_used * spec.rows).sum())
+                denom = max(bb, 1e-300)
+                report.append({"layer": plan.name, "sweep": sweep, "groups": plan.groups, "calls": plan.calls,
+                               "rows": acc["rows"], "unknowns": plan.unknowns,
+                               "solve": "dual" if plan.dual else "primal", "lam": lam_used,
+                               "lam_by": "fixed" if lam is not None else "gcv",
+                               "residual_start": (float(spec.rr.sum()) / denom) ** 0.5,
+                               "residual_fit": (fit / denom) ** 0.5})
     finally:
         coarse.train(modes[0]), fine.train(modes[1])
     return report
-
-
-def _residual(gram: torch.Tensor, cross: torch.Tensor, theta: torch.Tensor, bb: float) -> float:
-    """‖Xθ − B‖² from the normal equations: θᵀGθ − 2 θᵀC + ‖B‖² (summed over outputs)."""
-    return float((theta * (gram.double() @ theta)).sum() - 2 * (theta * cross.double()).sum()) + bb
 
 
 # ----------------------------------------------------------------------------- distillation

@@ -177,7 +177,10 @@ class PolyStep(nn.Module):
     """One polynomial smoothing step (kind q, g or c) with its learnable coefficient(s) ``coeff``.
 
     A is the level's shared conv, passed in (not registered here, so each tensor exists once).
+    ``galerkin-data`` fits A and carries the coefficients as the start rule left them (``fit_carries``).
     """
+
+    fit_carries = ("coeff",)
 
     def __init__(self, kind: str, channels: int, residual: str, update: str, output: str = "plain",
                  train_coeff: bool = True):
