@@ -24,6 +24,12 @@ front points — an assumption) and, as the headline, that ratio at the fine-onl
     python analysis/bench_c2f.py --dataset npz --path F.npz
     python analysis/bench_c2f.py --out runs/bench --points run-c8-f1,fo-e6 --trials 3   # resumable
 
+``--flush-compare POINT`` measures one point twice, subnormal floats kept (``flush_denormal: false``) and
+flushed (the default), and prints per strategy the finest grid's seconds per epoch side by side, their
+ratio and both accuracies (flushing must not change them):
+
+    python analysis/bench_c2f.py --flush-compare run-c8-f2 --strategies transfer,galerkin-data,distill
+
 With ``--out DIR`` every point is a resumable run directory under ``DIR/points/``; a rerun reuses
 finished points (it says from which sessions they come: timings of different sessions are not
 side by side). Without ``--out`` a temporary directory is used and removed.
@@ -141,6 +147,13 @@ def sweep(args: argparse.Namespace) -> list[Point]:
     # spread each group evenly over the run (by fractional position), so a drift hits every front alike
     keyed = [((i + 0.5) / len(group), g, p) for g, group in enumerate((fo, c2f, mg)) for i, p in enumerate(group)]
     out = [p for _, _, p in sorted(keyed, key=lambda t: (t[0], t[1]))]
+    if args.flush_compare:
+        chosen = [p for p in out if p.name == args.flush_compare]
+        if not chosen:
+            sys.exit(f"--flush-compare: unknown point {args.flush_compare}; known: {', '.join(p.name for p in out)}")
+        return [Point(f"{chosen[0].name}-flush-{word}", chosen[0].front, {**chosen[0].recipe, "flush_denormal": on},
+                      f"{chosen[0].what}, subnormals {'flushed' if on else 'kept'}")
+                for word, on in (("off", False), ("on", True))]
     if args.points:
         wanted = set(args.points)
         unknown = wanted - {p.name for p in out}
@@ -197,9 +210,21 @@ def run_point(p: Point, base: dict[str, Any], root: Path, session: str) -> None:
             "acc": sum(s["acc_final"][i] for i in ok) / len(ok) if ok else None,
             "seconds_trials": s["train_seconds"], "acc_trials": s["acc_final"], "collapsed": s["collapsed"],
             "coarse_seconds": s["coarse_seconds"], "transfer_seconds": s["transfer_seconds"],
-            "finest_seconds": _finest_seconds(pdir, summary, label), "sessions": sessions})
+            "finest_seconds": _finest_seconds(pdir, summary, label), "sessions": sessions,
+            "start": _start_point(s["curve"], summary["resolutions"][-1])})
     done.write_text(json.dumps({"recipe": want, "results": p.results,
                                 "wall": time.perf_counter() - t0}, indent=1))
+
+
+def _start_point(curves: list[list[dict[str, Any]]], finest: int) -> dict[str, float] | None:
+    """The model right after the transfer to the finest grid, a model the user can stop at: its mean
+    seconds (coarse phases + transfers) and test accuracy over trials; None for a run that starts there."""
+    starts = [next((q for q in c if q["phase"] == "start" and q["resolution"] == finest), None) for c in curves]
+    starts = [q for q in starts if q is not None and q["test_acc"] is not None]
+    if not starts:
+        return None
+    return {"seconds": sum(q["seconds"] for q in starts) / len(starts),
+            "acc": sum(q["test_acc"] for q in starts) / len(starts)}
 
 
 def _sessions(result: dict[str, Any], trials: int | None = None) -> list[str]:
@@ -256,6 +281,8 @@ def main() -> None:
     ap.add_argument("--no-multilevel", action="store_true", help="leave out the MG/OPT points")
     ap.add_argument("--quick", action="store_true", help="a smaller sweep on fewer examples, for a first look")
     ap.add_argument("--points", type=lambda t: t.split(","), default=None, help="only these points (names)")
+    ap.add_argument("--flush-compare", default=None, metavar="POINT",
+                    help="run POINT with subnormals kept and flushed; print seconds per finest epoch side by side")
     ap.add_argument("--out", type=Path, default=None, help="keep the runs here (resumable); default: a temp dir")
     ap.add_argument("--plot", type=Path, default=None, help="PNG of the fronts (default OUT/fronts.png, without --out runs/bench_c2f/fronts.png; "
                          "with --points fronts_<n>points_<k>trials.png)")
@@ -290,22 +317,46 @@ def main() -> None:
         for r in p.results:
             print(f"[{i}/{len(points)}] {p.name:<18} {r['strategy']:<22} {r['seconds']:7.1f} s  "
                   f"{(r['acc'] or 0) * 100:6.2f} %  ({p.what})", flush=True)
-    report(points, args, root, session)
+    if args.flush_compare:
+        flush_report(points)
+    else:
+        report(points, args, root, session)
     if args.out is None:
         shutil.rmtree(root)
+
+
+def flush_report(pair: list[Point]) -> None:
+    """Seconds per finest-grid epoch with subnormals kept vs flushed, per strategy, and both accuracies."""
+    off, on = pair
+    epochs = off.recipe["epochs_per_grid"][-1]
+    print(f"\n{off.name[:-len('-flush-off')]}: seconds per finest-grid epoch (mean over trials), subnormals kept vs "
+          "flushed, measured in this run")
+    print(f"{'strategy':<16} {'kept':>8} {'flushed':>8} {'kept/flushed':>13} {'acc kept':>9} {'acc flushed':>12}")
+    for a, b in zip(off.results, on.results):
+        sa, sb = (sum(r["finest_seconds"]) / len(r["finest_seconds"]) / epochs for r in (a, b))
+        print(f"{a['strategy']:<16} {sa:7.1f}s {sb:7.1f}s {sa / sb:12.2f}× {a['acc'] * 100:8.2f}% {b['acc'] * 100:11.2f}%")
 
 
 def report(points: list[Point], args: argparse.Namespace, root: Path, session: str) -> None:
     rows = [(p, r) for p in points for r in p.results if r["acc"] is not None]
     sessions = sorted({s for _, r in rows for s in _sessions(r)})
     fo = [(r["seconds"], r["acc"]) for p, r in rows if p.front == "fine-only"]
-    c2f = [(r["seconds"], r["acc"]) for p, r in rows if p.front == "c2f"]
+    # the model right after a transfer is one the user can stop at: a point of the front at its seconds
+    starts = [(p, r["start"]) for p, r in rows if r.get("start")]
+    c2f = [(r["seconds"], r["acc"]) for p, r in rows if p.front == "c2f"] + \
+          [(st["seconds"], st["acc"]) for p, st in starts if p.front == "c2f"]
     print("\nall points (training seconds, final test accuracy; mean over trials):")
     print(f"  {'point':<20}{'strategy':<22}{'seconds':>9}{'acc %':>8}{'finest-grid share':>19}  what")
     for p, r in sorted(rows, key=lambda pr: pr[1]["seconds"]):
         share = sum(r["finest_seconds"]) / max(1e-9, sum(t or 0.0 for t in r["seconds_trials"]))
         col = " collapsed" if any(r["collapsed"]) else ""
         print(f"  {p.name:<20}{r['strategy']:<22}{r['seconds']:9.1f}{r['acc'] * 100:8.2f}{share:19.0%}  {p.what}{col}")
+    if starts:
+        print("right after the transfer to the finest grid (coarse phases + transfer seconds; points of the c2f front):")
+        for p, r in rows:
+            if r.get("start"):
+                print(f"  {p.name:<20}{r['strategy'] + ' start':<22}{r['start']['seconds']:9.1f}"
+                      f"{r['start']['acc'] * 100:8.2f}")
     f_front, c_front = tta.pareto_front(fo), tta.pareto_front(c2f)
     print(f"\nfine-only front:      {fmt_front(f_front)}")
     print(f"coarse-to-fine front: {fmt_front(c_front)}")
@@ -423,6 +474,11 @@ def plot(rows: list[tuple[Point, dict]], f_front, c_front, h: dict, png: Path, a
         seen.add(label)
         if (round(r["seconds"], 6), round(r["acc"], 6)) in fronts:
             ax.annotate(p.name, (r["seconds"], acc), fontsize=7, xytext=(4, -9), textcoords="offset points")
+        st = r.get("start")
+        if st and st["acc"] * 100 >= lo:  # right after the transfer: hollow, same group
+            ax.scatter(st["seconds"], st["acc"] * 100, facecolors="none", edgecolors=color, marker=marker, s=40,
+                       label=None if "start" in seen else "right after a transfer (hollow)")
+            seen.add("start")
     for front, color, name in ((f_front, "tab:blue", "fine-only front"), (c_front, "black", "coarse-to-fine front")):
         ax.plot([s for s, _ in front], [a * 100 for _, a in front], color=color, lw=1.5, label=name)
     if h.get("accuracy") is not None:

@@ -45,3 +45,22 @@ def test_compiled_training_equals_eager():
     for a, b in zip(eager, compiled):  # 100 = 3 batches + an uneven 4: both shapes warmed, no update by it
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["test_acc"] == pytest.approx(b["test_acc"], abs=1e-6)
+
+
+def test_configure_runtime_flushes_subnormals_unless_told_not_to():
+    import torch
+
+    from mres.training.fit import configure_runtime
+
+    tiny = lambda: torch.tensor([1e-39]) * 1.0  # noqa: E731  (below float32's smallest normal, 1.2e-38)
+    threads = torch.get_num_threads()
+    try:
+        configure_runtime(1, flush_denormal=False)
+        assert float(tiny()) > 0
+        configure_runtime(1)
+        if not torch.set_flush_denormal(True):
+            pytest.skip("this CPU cannot flush subnormals")
+        assert float(tiny()) == 0.0
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)

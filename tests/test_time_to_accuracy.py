@@ -322,3 +322,18 @@ def test_resume_refuses_a_finished_phase_trained_otherwise(tmp_path):
         run_coarse_to_fine(recipe(coarse={"epochs": 3, "batch_size": 32}), tmp_path, progress=False)
     again = run_coarse_to_fine(recipe(trials=2), tmp_path, progress=False)  # more trials: reuses trial 0
     assert again["trials"] == 2
+
+
+def test_a_transfer_that_starts_above_the_reference_reaches_it_at_the_transfers_seconds(tmp_path):
+    slow = {"epochs": 1, "batch_size": 32, "optimizer": {"lr": 0.005}, "schedule": "constant"}  # fresh: below the start
+    s = run_coarse_to_fine(recipe(strategies=["fresh", "transfer"], coarse={"epochs": 3, "batch_size": 32},
+                                  fine=slow), tmp_path, progress=False)
+    assert s["baseline"] == "fresh"
+    target = s["time_to_accuracy"]["levels"][0]
+    assert s["strategies"]["transfer"]["acc_at_transfer"][0] > target  # the start is above the reference
+    coarse = json.loads((tmp_path / "trial0" / "coarse-8" / "result.json").read_text())
+    phase = json.loads((tmp_path / "trial0" / "transfer" / "fine-16" / "result.json").read_text())
+    start_seconds = sum(m["train_seconds"] for m in coarse["metrics"]) + s["strategies"]["transfer"]["transfer_seconds"][0]
+    reached = s["time_to_accuracy"]["variants"]["transfer"][0]["seconds"][0]
+    assert reached == pytest.approx(start_seconds, rel=1e-9)
+    assert reached < start_seconds + phase["metrics"][0]["train_seconds"]  # before the first fine epoch ended

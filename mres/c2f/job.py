@@ -244,7 +244,7 @@ class CoarseToFine:
     def run(self) -> dict[str, Any]:
         r = self.recipe
         self._check_resume()
-        configure_runtime(r.threads, r.coarse.deterministic or r.fine.deterministic)
+        configure_runtime(r.threads, r.coarse.deterministic or r.fine.deterministic, r.flush_denormal)
         self.data = load_dataset(r.dataset, self.device)
         phases = plan_phases(r, len(self.data.y_train))
         plans = lr_plans(phases, r.schedule_scope)
