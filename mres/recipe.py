@@ -342,8 +342,9 @@ class GalerkinDataConfig(Strict):
                                                                  "N² × its inputs)")
     lam: float | Literal["gcv"] = Field("gcv", description="ridge weight towards the start weights, or gcv: per "
                                                            "layer by generalised cross-validation")
-    sweeps: int = Field(1, ge=1, le=10, description="forward-order passes over the layers (a shared conv's later "
-                                                    "calls see the inputs the last pass left)")
+    sweeps: int = Field(2, ge=1, le=10, description="forward-order passes over the layers (a shared conv's later "
+                                                    "calls see the inputs the last pass left; one pass for a model "
+                                                    "without shared layers)")
     bn: Literal["per-layer", "after", "keep"] = Field(
         "per-layer", description="BN running statistics: per-layer = recalibrated on the calibration images after "
                                  "each layer is fitted; after = by the job after the fit (bn_recalibrate); keep = "

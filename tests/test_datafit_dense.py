@@ -299,3 +299,12 @@ def test_the_plan_names_what_it_cannot_fit_and_what_does_not_fit_in_memory():
     assert [(p.name, p.rows, p.unknowns, p.dual) for p in plans] == [("0", 1600, 10, False), ("2", 100, 129, True)]
     with pytest.raises(UserError, match=r"layer 2: 100 rows × 129 unknowns \(dual"):
         plan_fit(seq, torch.randn(1, 1, 8, 8), 100, available=plans[1].bytes - 1)
+
+
+def test_a_model_without_shared_layers_gets_one_pass_whatever_sweeps_says():
+    torch.manual_seed(9)
+    make = lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1))  # noqa: E731
+    rep = fit_to_coarse(make(), make(), torch.randn(4, 1, 8, 8), FAMILY, lam=1e-3, bn="keep", sweeps=3)
+    assert [r["sweep"] for r in rep] == [1, 1]
+    rep = fit_to_coarse(Twice(), Twice(), torch.randn(4, 2, 8, 8), FAMILY, lam=1e-3, bn="keep", sweeps=3)
+    assert [r["sweep"] for r in rep] == [1, 2, 3]

@@ -36,7 +36,8 @@ features restrict exactly to the coarse ones (``W_h = W_2h R``); the fit correct
 A shared conv's later calls take inputs that depend on its own weights (MgNet's ``u ← u + B(f − A u)``;
 Poly-MgNet's ``A`` inside ``Σ c_k A^k``), so one solve fits its calls with the inputs the start weights
 gave; ``sweeps`` > 1 repeats the whole forward-order pass with the inputs the last pass left (a
-fixed-point iteration; each solve is still exact for its inputs). Poly-MgNet's coefficients ``c_k`` are
+fixed-point iteration; each solve is still exact for its inputs; a model without a shared layer gets one
+pass, as a second would repeat the same solves). Poly-MgNet's coefficients ``c_k`` are
 not refitted: the start rule carries them (its coefficient policy). BN layers are not fitted; the
 ``bn`` rule says what their running statistics become: ``per-layer`` recalibrates every BN on the fine
 calibration images right after each layer is fitted (so the next layer is fitted on the inputs it
@@ -381,6 +382,8 @@ def fit_to_coarse(coarse: nn.Module, fine: nn.Module, x: torch.Tensor, family: s
     try:
         plans = plan_fit(fine, x[:1].to(dev), len(x), None if x_head is None else len(x_head))
         fmods = dict(fine.named_modules())
+        if all(p.calls == 1 for p in plans):  # no layer sees its own output: a second pass repeats the same solves
+            sweeps = 1
         for sweep in range(1, sweeps + 1):
             for plan in plans:
                 layer = fmods[plan.name]
