@@ -350,7 +350,7 @@ def _kept_sections(summary: dict[str, Any]) -> list[Section]:
     res = summary["resolutions"]
     return [("h2", "What the transfer kept"),
             ("p", f"Test accuracy of the coarse model on its own grid ({res[0]}×{res[0]}), right after the transfer "
-                  f"to {res[1]}×{res[1]} (BN recalibrated; before any fine training) and the difference, *kept*, in "
+                  f"to {res[1]}×{res[1]} (BN recalibrated, galerkin-data's by its `bn` rule; before any fine training) and the difference, *kept*, in "
                   "points (negative: lost); transfer seconds include any data fit (counted)."),
             ("table", ["strategy", f"coarse at {res[0]}×{res[0]}", f"after transfer at {res[1]}×{res[1]}",
                        "kept (points)", "transfer s"], rows)]
