@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from mres.analysis.figures import save_figure
 from mres.c2f import tta
 from mres.c2f.job import CoarseToFine
 from mres.errors import UserError
@@ -508,9 +509,7 @@ def plot(rows: list[tuple[Point, dict]], f_front, c_front, h: dict, png: Path, a
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=130)
-    plt.close(fig)
+    save_figure(fig, png, dpi=130)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from mres.models.poly import PolyStep
-from mres.grids.spectrum import (choose_roots, conv_spectrum, init_coefficients, plot_spectrum, polynomial_roots,
+from mres.analysis.spectrum_plot import plot_spectrum
+from mres.grids.spectrum import (choose_roots, conv_spectrum, init_coefficients, polynomial_roots,
                                  residual_polynomial, spectral_roots, step_coefficients, step_roots)
 
 

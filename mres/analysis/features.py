@@ -111,14 +111,6 @@ def propagate_features(models: Sequence[tuple[str, nn.Module]], x: torch.Tensor 
 
 def save_figure(fig: Any, out_dir: str | Path, stem: str = "features") -> list[Path]:
     """Write ``stem``.png and ``stem``.pdf into ``out_dir``; closes the figure."""
-    import matplotlib.pyplot as plt
+    from .figures import save_figure as save
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "pdf"):
-        path = out_dir / f"{stem}.{ext}"
-        fig.savefig(path, dpi=150, bbox_inches="tight")
-        paths.append(path)
-    plt.close(fig)
-    return paths
+    return save(fig, Path(out_dir) / f"{stem}.png", dpi=150)

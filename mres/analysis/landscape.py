@@ -526,15 +526,9 @@ def _figure_grid(n: int) -> tuple[int, int]:
 
 
 def _save(fig: Any, out_dir: Path, stem: str) -> list[Path]:
-    paths = []
-    for ext in ("png", "pdf"):
-        p = out_dir / f"{stem}.{ext}"
-        fig.savefig(p, dpi=150)  # constrained_layout already fits; "tight" would draw twice
-        paths.append(p)
-    import matplotlib.pyplot as plt
+    from .figures import save_figure
 
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out_dir / f"{stem}.png", dpi=150)  # constrained_layout already fits
 
 
 def _value_range(values: np.ndarray, vmax: float | None, log: bool) -> tuple[np.ndarray, float, float]:
@@ -637,8 +631,9 @@ def _plot_2d(result: LandscapeResult, out_dir: Path, vmax: float | None, log: bo
             z = np.clip(z_all[k], None, hi)
             if kind == "contour":
                 panel_lv, finer = panel_levels(z, lv)
-                cs = ax.contour(X, Y, z.T, levels=panel_lv, cmap="viridis", norm=norm, linewidths=0.9)
-                ax.clabel(cs, cs.levels[::1 if finer else 4], inline=True, fontsize=6, fmt="%.3g")
+                # no inline level labels: neighbouring ones overlapped each other and the titles; the
+                # shared colour bar gives every line's value
+                ax.contour(X, Y, z.T, levels=panel_lv, cmap="viridis", norm=norm, linewidths=0.9)
             else:
                 ax.contourf(X, Y, z.T, levels=lv, cmap="viridis", norm=norm, extend="max")
             decorate(ax, k)
@@ -675,13 +670,12 @@ def _plot_2d(result: LandscapeResult, out_dir: Path, vmax: float | None, log: bo
             axis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10], min_n_ticks=3))
         ax.tick_params(axis="both", which="major", labelsize=7, pad=0)
         ax.tick_params(axis="z", which="major", labelsize=7, pad=2)
-        ax.set_xlabel(xname, fontsize=8, labelpad=2)
-        ax.set_ylabel(yname, fontsize=8, labelpad=2)
-        # no z label per panel: beside the next panel it was cut off; the figure title and the shared colour
-        # bar name the z axis once
+        # no axis labels per panel: on the foreshortened 3-D axes they ran into the tick labels, the z label
+        # into the next panel and the bottom row's out of the figure; the figure title names the axes once
+        # and the shared colour bar the height
         ax.set_title(result.labels[k])
         axes3d.append(ax)
-    fig.suptitle(f"height and colour: {zlabel} (one scale for every panel)", fontsize=10)
+    fig.suptitle(f"x: {xname}, y: {yname}; height and colour: {zlabel} (one scale for every panel)", fontsize=10)
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes3d, label=zlabel, shrink=0.6)
     paths += _save(fig, out_dir, "landscape_surface")
 

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats as sps
 
+from ..analysis.figures import save_figure
 from ..errors import UserError
 from ..training.rundir import changed_keys, get_dotted
 from . import stats, tta
@@ -235,12 +236,7 @@ def compare_figure(runs: Sequence[Run], out: Path, ref: float | None = None) -> 
     ax.grid(alpha=0.3)
     if handles:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "compare.png", out / "compare.pdf"]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1])
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out / "compare.png", dpi=150)
 
 
 def _mean_curve(curves: list[list[dict[str, Any]]], finest: int) -> tuple[list[float], list[float]]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis.figures import save_figure
 from ..errors import UserError
 from ..strategies import PAIRED_REFERENCE, STRATEGIES, variant_dir_name  # noqa: F401 (variant_dir_name: public here)
 
@@ -456,8 +457,7 @@ def _accuracy_seconds_figure(summary: dict[str, Any], out: Path) -> bool:
                  f"{summary['trials']} trial(s)", fontsize=10)
     rows = -(-len(names) // min(4, max(1, len(names))))
     fig.tight_layout(rect=(0, 0.04 + 0.045 * rows, 1, 1))
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out, dpi=120)
     return True
 
 
@@ -552,8 +552,7 @@ def _convergence_figure(run_dir: Path, summary: dict[str, Any], out: Path) -> bo
     axes[1].legend(fontsize=8)
     fig.suptitle(f"coarse {res[0]}×{res[0]} → fine {res[-1]}×{res[-1]}; mean over {summary['trials']} trial(s)")
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out, dpi=120)
     return True
 
 
@@ -632,8 +631,7 @@ def _norm_growth_figure(per_variant: dict[str, list[dict[str, Any]]], names: lis
     ax.set_title("kernel norm growth at the last transfer")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out, dpi=120)
     return True
 
 

@@ -70,8 +70,8 @@ def spectrum_cmd(
 ) -> None:
     """Spectrum of every level's A with the smoothing polynomial's roots."""
     from ..training.checkpoint import load_checkpoint, model_from_checkpoint
-    from ..grids.spectrum import (SPECTRUM_BOUNDARIES, plot_spectrum, polynomial_roots, residual_polynomial,
-                                  spectrum_boundary)
+    from ..analysis.spectrum_plot import plot_spectrum
+    from ..grids.spectrum import SPECTRUM_BOUNDARIES, polynomial_roots, residual_polynomial, spectrum_boundary
     from ..grids.spectrum import conv_spectrum
 
     data = load_checkpoint(ckpt)
