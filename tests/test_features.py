@@ -19,7 +19,11 @@ def cnn(seed: int, pool: bool = False, res: int = RES):
 
 
 def geometry(fig):
-    return fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
+    """(checkpoint rows, columns): the grid's last row holds the colour bars, one per feature column."""
+    rows, cols = fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
+    bars = [ax for ax in fig.axes if ax.get_subplotspec().rowspan.start == rows - 1 and ax.get_visible()]
+    assert bars and all(ax.get_xlabel() == "" and len(ax.get_xticks()) >= 2 for ax in bars)
+    return rows - 1, cols
 
 
 def test_one_row_per_checkpoint_and_columns_per_input_stage_channel(tmp_path):

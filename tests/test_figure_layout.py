@@ -20,13 +20,13 @@ from mres.analysis.figures import layout_problems  # noqa: E402
 
 @pytest.fixture
 def checked(monkeypatch):
-    """Every PNG written while the test runs: its name and its layout problems."""
-    seen: list[tuple[Path, list[str]]] = []
+    """Every PNG written while the test runs: its name, its layout problems and its axes' titles."""
+    seen: list[tuple[Path, list[str], list[str]]] = []
     original = Figure.savefig
 
     def savefig(self, fname, *args, **kwargs):
         if str(fname).endswith(".png"):
-            seen.append((Path(fname), layout_problems(self)))
+            seen.append((Path(fname), layout_problems(self), [ax.get_title() for ax in self.axes]))
         return original(self, fname, *args, **kwargs)
 
     monkeypatch.setattr(Figure, "savefig", savefig)
@@ -34,11 +34,11 @@ def checked(monkeypatch):
 
 
 def _assert_clean(seen, kinds):
-    names = {p.name for p, _ in seen}
+    names = {p.name for p, _, _ in seen}
     assert kinds <= names, f"not rendered: {sorted(kinds - names)}"
-    bad = [f"{p.name}: {msg}" for p, problems in seen for msg in problems]
+    bad = [f"{p.name}: {msg}" for p, problems, _ in seen for msg in problems]
     assert not bad, "\n".join(bad)
-    missing_pdf = [p.name for p, _ in seen if not p.with_suffix(".pdf").exists()]
+    missing_pdf = [p.name for p, _, _ in seen if not p.with_suffix(".pdf").exists()]
     assert not missing_pdf, f"no PDF beside {missing_pdf}"
 
 
@@ -111,7 +111,17 @@ def test_report_landscape_features_and_compare_figures(tmp_path, checked):
     _assert_clean(checked, {"accuracy_seconds.png", "convergence.png", "norm_growth.png", "landscape_contour.png",
                             "landscape_filled.png", "landscape_acc_filled.png", "landscape_surface.png",
                             "landscape_1d.png", "features.png", "compare.png"})
-    assert (tmp_path / "between" / "landscape_1d.png") in {p for p, _ in checked}
+    assert (tmp_path / "between" / "landscape_1d.png") in {p for p, _, _ in checked}
+    titles = {p.name: t for p, _, t in checked}
+    assert "galerkin-reg(lam=0.1) start" in titles["landscape_filled.png"]  # the strategy's label, not its folder
+    assert any(t.startswith("input #0: class ") for t in titles["features.png"])  # synthetic data: no names
+
+
+def test_class_names_where_the_dataset_has_them():
+    from mres.training.data import class_names
+
+    assert class_names("fashion-mnist", 10)[9] == "ankle boot" and class_names("cifar10", 10)[0] == "airplane"
+    assert class_names("npz", 3) == ["class 0", "class 1", "class 2"]
 
 
 def test_spectrum_figure(tmp_path, checked):

@@ -49,7 +49,8 @@ def propagate_features(models: Sequence[tuple[str, nn.Module]], x: torch.Tensor 
 
     ``x`` is one N×C×H×W batch for all models, or one batch per model (models of one
     architecture trained at different resolutions need their inputs at their own resolution).
-    A channel beyond a stage's width raises :class:`UserError` naming model, stage and width.
+    A channel beyond a stage's width raises :class:`UserError` naming model, stage and width. Every
+    feature column has one colour scale for all rows (the checkpoints compare), with its colour bar below.
     """
     import matplotlib
 
@@ -82,8 +83,11 @@ def propagate_features(models: Sequence[tuple[str, nn.Module]], x: torch.Tensor 
     same_layout = len({tuple(name for name, _ in stages) for _, _, stages in rows}) == 1
     per_sample = 1 + max(len(stages) for _, _, stages in rows) * len(channels)
     n_cols = n_samples * per_sample
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.5 * n_cols, 1.6 * len(rows) + 0.4),
-                             squeeze=False, constrained_layout=True)
+    # a last, thin row holds the colour bars: ordinary axes, which the layout places reliably
+    fig, grid = plt.subplots(len(rows) + 1, n_cols, figsize=(1.5 * n_cols, 1.6 * len(rows) + 0.8), squeeze=False,
+                             constrained_layout=True, gridspec_kw={"height_ratios": [1.0] * len(rows) + [0.07]})
+    axes, bars = grid[:-1], grid[-1]
+    maps: dict[tuple[int, int], np.ndarray] = {}
     for r, (label, xb, stages) in enumerate(rows):
         for s in range(n_samples):
             c0 = s * per_sample
@@ -95,12 +99,25 @@ def propagate_features(models: Sequence[tuple[str, nn.Module]], x: torch.Tensor 
             col = c0 + 1
             for stage_name, t in stages:
                 for ch in channels:
-                    ax = axes[r, col]
-                    ax.imshow(t[s, ch].numpy(), cmap=cmap)
+                    maps[r, col] = t[s, ch].numpy()
                     if r == 0 or not same_layout:
-                        ax.set_title(f"{stage_name} c{ch}", fontsize=7)
+                        axes[r, col].set_title(f"{stage_name} c{ch}", fontsize=7)
                     col += 1
         axes[r, 0].set_ylabel(label, fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    for col in sorted({c for _, c in maps}):
+        cells = [(r, m) for (r, c), m in maps.items() if c == col]
+        lo = min(float(m.min()) for _, m in cells)
+        hi = max(max(float(m.max()) for _, m in cells), lo + 1e-12)
+        for r, m in cells:
+            im = axes[r, col].imshow(m, cmap=cmap, vmin=lo, vmax=hi)
+        bar = fig.colorbar(im, cax=bars[col], orientation="horizontal", format="%.2g")
+        bar.locator = MaxNLocator(nbins=2)
+        bar.update_ticks()
+        bar.ax.tick_params(labelsize=6)
+    for col in sorted(set(range(n_cols)) - {c for _, c in maps}):
+        bars[col].set_visible(False)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

@@ -336,8 +336,12 @@ def run_features(paths: Sequence[Path], out: Path, samples: Sequence[int], chann
         raise UserError(f"{samples_key}: index {max(samples)} is beyond the {split} split ({n_have} images)")
     idx = list(samples)
     y0 = data[0][1]
+    from ..training.data import class_names
+
+    dataset = (loaded[0].ckpt.get("recipe") or {}).get("dataset") or {}
+    names_of = class_names(str(dataset.get("name", "")), int(y0.max()) + 1)
     fig = propagate_features([(m.label, m.model) for m in loaded], [x[idx] for x, _ in data], list(channels),
-                             sample_labels=[f"#{i} (y={int(y0[i])})" for i in idx])
+                             sample_labels=[f"#{i}: {names_of[int(y0[i])]}" for i in idx])
     return save_figure(fig, out, "features")
 
 
@@ -356,10 +360,9 @@ def coarse_to_fine_checkpoints(rec: Any, run_dir: Path) -> list[tuple[str, Path]
     res = rec.resolutions
     out = [(f"coarse {res[0]} min", t / f"coarse-{res[0]}" / "checkpoints" / "last.pt")]
     summary = json.loads((run_dir / "summary.json").read_text())
-    for v in summary["strategies"].values():
-        slug = Variant(v["strategy"], v["lam"], v["policy"]).slug
-        ck = t / slug / f"fine-{res[-1]}" / "checkpoints"
-        out += [(f"{slug} start", ck / "start.pt"), (f"{slug} end", ck / "last.pt")]
+    for label, v in summary["strategies"].items():  # titled by the strategy's label, found by its folder
+        ck = t / Variant(v["strategy"], v["lam"], v["policy"]).slug / f"fine-{res[-1]}" / "checkpoints"
+        out += [(f"{label} start", ck / "start.pt"), (f"{label} end", ck / "last.pt")]
     missing = [label for label, p in out if not p.exists()]
     if missing:  # a skipped or diverged variant has none: analyse what exists, and say so
         console.print(f"analysis: no checkpoint for {escape(', '.join(missing))} (skipped or diverged); "

@@ -432,8 +432,8 @@ def _accuracy_seconds_figure(summary: dict[str, Any], out: Path) -> bool:
     for a in tt.get("levels", [])[:1]:
         for axis in (ax, zoom):
             axis.axhline(a, color="grey", ls=":", lw=1)
-        ax.annotate(f"{tt['baseline']} final {a * 100:.1f} %", (0, a), xytext=(2, 2), textcoords="offset points",
-                    fontsize=8, color="grey")
+        ax.annotate(f"{tt['baseline']} final {a * 100:.1f} %", (0, a), xycoords=("axes fraction", "data"),
+                    xytext=(3, 2), textcoords="offset points", fontsize=8, color="grey")  # inside, whatever xlim
     # the y range shows every trained point on the finest grid (a collapse too), not the baselines' random starts
     shown = [p["test_acc"] for label, cs in curves.items() for c in cs for p in c
              if p["test_acc"] is not None and p["resolution"] == finest
@@ -522,11 +522,12 @@ def _convergence_figure(run_dir: Path, summary: dict[str, Any], out: Path) -> bo
                 curves.append(rows)
         if curves:
             curves_by[label] = curves
-    fine_len = max((min(len(c) for c in cs) for cs in curves_by.values()), default=0)
     for i, (label, curves) in enumerate(curves_by.items()):
         n = min(len(c) for c in curves)
-        # a baseline trains at the finest grid only: drawn over the last (finest) window
-        offset = coarse_len + fine_len - n
+        # one cumulative axis: a transfer continues after the coarse epochs, a run that starts at the fine
+        # grid (fresh, fine-only, joint) starts at epoch 0
+        needs_coarse = STRATEGIES[summary["strategies"][label]["strategy"]].needs_coarse
+        offset = coarse_len if needs_coarse else 0
         x = np.arange(offset + 1, offset + n + 1)
         color = colors[i % len(colors)]
         for ax, key in zip(axes, ("train_loss", "test_acc")):
@@ -543,7 +544,7 @@ def _convergence_figure(run_dir: Path, summary: dict[str, Any], out: Path) -> bo
     for ax, title in zip(axes, ("training loss", "test accuracy")):
         if coarse_len:
             ax.axvline(coarse_len + 0.5, color="grey", ls="--", lw=1)
-        ax.set_xlabel("epoch (coarse phase, then fine phase)")
+        ax.set_xlabel("cumulative epoch (new models start at 0)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")

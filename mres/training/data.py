@@ -98,6 +98,20 @@ def restrict_to(x: torch.Tensor, resolution: int, family: str = "average-bilinea
 
 
 # ----------------------------------------------------------------------------- loading
+CLASS_NAMES = {
+    "fashion-mnist": ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                      "ankle boot"),
+    "mnist": tuple(str(d) for d in range(10)),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
+
+
+def class_names(dataset: str, num_classes: int) -> list[str]:
+    """The classes' names where the dataset has them (Fashion-MNIST, MNIST, CIFAR-10), else ``class k``."""
+    known = CLASS_NAMES.get(dataset, ())
+    return [known[k] if k < len(known) else f"class {k}" for k in range(num_classes)]
+
+
 def load_dataset(cfg: DatasetConfig, device: torch.device | str = "cpu") -> TensorData:
     """Load a dataset by name, subset it, normalise it and put it on ``device``."""
     loaders = {"fashion-mnist": _load_fashion, "mnist": _load_torchvision, "cifar10": _load_torchvision,
