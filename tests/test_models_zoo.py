@@ -257,7 +257,8 @@ def test_cli_spectrum(mres_cli, tmp_path):
     save_checkpoint(tmp_path / "p.pt", {"model": m.state_dict(), "resolution": 8, "arch": arch})
     r = mres_cli("spectrum", str(tmp_path / "p.pt"), "--out", str(tmp_path / "fig"), "--grid", "4")
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["spectrum_level1.png", "spectrum_level2.png"]
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["spectrum_level1.pdf", "spectrum_level1.png",
+                                                                 "spectrum_level2.pdf", "spectrum_level2.png"]
     cnn = build("cnn", {}, res=8)
     save_checkpoint(tmp_path / "c.pt", {"model": cnn.state_dict(), "resolution": 8,
                                         "arch": {"name": "cnn", "options": {}, "in_channels": 3, "num_classes": 10}})

@@ -597,7 +597,7 @@ def panel_levels(z: np.ndarray, shared: np.ndarray, at_least: int = 4) -> tuple[
 def _plot_2d(result: LandscapeResult, out_dir: Path, vmax: float | None, log: bool, levels: int) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib import cm, colors
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     z_all, lo, hi = _value_range(result.loss, vmax, log)
     zlabel = "log10 loss" if log else "loss"
@@ -650,7 +650,8 @@ def _plot_2d(result: LandscapeResult, out_dir: Path, vmax: float | None, log: bo
         ax = axes.flat[k]
         ax.contourf(X, Y, result.acc[k].T, levels=np.linspace(0, 1, 21), cmap="magma", norm=acc_norm)
         decorate(ax, k)
-    fig.colorbar(cm.ScalarMappable(norm=acc_norm, cmap="magma"), ax=axes.ravel().tolist()[:n], label="accuracy")
+    fig.colorbar(cm.ScalarMappable(norm=acc_norm, cmap="magma"), ax=axes.ravel().tolist()[:n], label="accuracy",
+                 format=PercentFormatter(1.0, decimals=0))
     paths += _save(fig, out_dir, "landscape_acc_filled")
 
     # 3-D surface: add_subplot(projection="3d") (Axes3D(fig) no longer attaches itself to the
@@ -700,6 +701,7 @@ def _plot_curves(series: list[tuple[LandscapeResult, str, str]], out_dir: Path, 
                  vmax: float | None, log: bool) -> list[Path]:
     """One panel per row (checkpoint); one line per series; loss left axis, accuracy right."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
 
     n = len(series[0][0].labels)
     rows, cols = _figure_grid(n)
@@ -720,6 +722,7 @@ def _plot_curves(series: list[tuple[LandscapeResult, str, str]], out_dir: Path, 
         ax.set_yscale("log" if log else "linear")
         ax.set_ylim(max(lo * 0.9, 1e-6) if log else lo - 0.05 * (hi - lo), hi * (1.1 if log else 1.0) + 1e-12)
         acc_ax.set_ylim(0, 1.02)
+        acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))  # percent, as in every table
         ax.set_ylabel("loss (solid)")
         acc_ax.set_ylabel("accuracy (dashed)")
         ax.set_title(series[0][0].labels[k])
@@ -733,9 +736,10 @@ def _plot_curves(series: list[tuple[LandscapeResult, str, str]], out_dir: Path, 
                 i = int(np.argmin(np.abs(res0.x - t)))
                 ax.plot([t], [res0.loss[k][i]], "o", color="k", markersize=5, zorder=5)
                 ax.annotate(name, (t, res0.loss[k][i]), textcoords="offset points", xytext=(4, 6), fontsize=7)
-        if len(series) > 1:
+        if len(series) > 1 and k == 0:  # one legend for every panel, below them: it covers no curve
             lines = ax.get_lines()[: len(series)] + acc_ax.get_lines()
-            ax.legend(lines, [ln.get_label() for ln in lines], fontsize=6, loc="center right", framealpha=0.6)
+            fig.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="outside lower center",
+                       ncol=len(lines), frameon=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return _save(fig, out_dir, stem)

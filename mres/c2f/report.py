@@ -429,11 +429,10 @@ def _accuracy_seconds_figure(summary: dict[str, Any], out: Path) -> bool:
                        if a is ax else None)
         coarse_drawn = coarse_drawn or bool(len(np.flatnonzero(~fine)))
     tt = summary.get("time_to_accuracy") or {}
-    for a in tt.get("levels", [])[:1]:
+    for a in tt.get("levels", [])[:1]:  # named in the legend below the panels: no label over a curve
         for axis in (ax, zoom):
-            axis.axhline(a, color="grey", ls=":", lw=1)
-        ax.annotate(f"{tt['baseline']} final {a * 100:.1f} %", (0, a), xycoords=("axes fraction", "data"),
-                    xytext=(3, 2), textcoords="offset points", fontsize=8, color="grey")  # inside, whatever xlim
+            axis.axhline(a, color="grey", ls=":", lw=1,
+                         label=f"reference: {tt['baseline']} final {a * 100:.1f} %" if axis is ax else None)
     # the y range shows every trained point on the finest grid (a collapse too), not the baselines' random starts
     shown = [p["test_acc"] for label, cs in curves.items() for c in cs for p in c
              if p["test_acc"] is not None and p["resolution"] == finest
@@ -526,8 +525,8 @@ def _convergence_figure(run_dir: Path, summary: dict[str, Any], out: Path) -> bo
         n = min(len(c) for c in curves)
         # one cumulative axis: a transfer continues after the coarse epochs, a run that starts at the fine
         # grid (fresh, fine-only, joint) starts at epoch 0
-        needs_coarse = STRATEGIES[summary["strategies"][label]["strategy"]].needs_coarse
-        offset = coarse_len if needs_coarse else 0
+        record = STRATEGIES.get(summary["strategies"][label].get("strategy", label))
+        offset = coarse_len if record is None or record.needs_coarse else 0
         x = np.arange(offset + 1, offset + n + 1)
         color = colors[i % len(colors)]
         for ax, key in zip(axes, ("train_loss", "test_acc")):
@@ -549,7 +548,10 @@ def _convergence_figure(run_dir: Path, summary: dict[str, Any], out: Path) -> bo
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
     axes[0].set_ylabel("cross-entropy (log scale)")
-    axes[1].set_ylabel("accuracy")
+    axes[1].set_ylabel("test accuracy")
+    from matplotlib.ticker import PercentFormatter
+
+    axes[1].yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))  # percent, as in every table
     axes[1].legend(fontsize=8)
     fig.suptitle(f"coarse {res[0]}×{res[0]} → fine {res[-1]}×{res[-1]}; mean over {summary['trials']} trial(s)")
     fig.tight_layout()
