@@ -172,5 +172,5 @@ def test_html_renders_markdown_marks_and_keeps_mean_std_together():
     assert not re.search(r"(?<![\w*])\*[A-Za-z][^*<>]*\*(?![\w*])", h)
     assert "70.8&nbsp;±&nbsp;3.6*" in h and " ± " not in h
     assert "<td class='num'>70.8&nbsp;±&nbsp;3.6*</td>" in h and "<td class='num'>68.1–73.2</td>" in h
-    assert "td.num{white-space:nowrap}" in h
+    assert "td.num,td:first-child{white-space:nowrap}" in h  # numbers and row names never wrap
     assert "<td>galerkin-reg(lam=0.1)</td>" in h

@@ -715,6 +715,6 @@ def _render_html(sections: list[Section], title: str) -> str:
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;"
              "padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
-             "th{background:#f3f3f3}img{max-width:100%}td.num{white-space:nowrap}")
+             "th{background:#f3f3f3}img{max-width:100%}td.num,td:first-child{white-space:nowrap}")  # names whole
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
