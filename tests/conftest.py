@@ -7,6 +7,17 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class Gain(torch.nn.Module):
+    """x ↦ g·x with a learned scalar g: a parameter that is no conv, linear or BN weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return self.gain * x
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from conftest import Gain
 from mres.errors import UserError
 from mres.grids.datafit import dual_solve, fit_to_coarse, plan_fit, primal_solve
 from mres.grids.operators import restriction_matrix_1d
@@ -283,16 +284,8 @@ def test_a_float32_model_is_fitted_as_accurately_as_a_float64_one():
 
 
 def test_the_plan_names_what_it_cannot_fit_and_what_does_not_fit_in_memory():
-    class Scale(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.gain = nn.Parameter(torch.ones(1))
-
-        def forward(self, x):
-            return self.gain * x
-
-    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), Scale(), nn.Flatten(), nn.Linear(2 * 8 * 8, 3))
-    with pytest.raises(UserError, match=r"1 \(Scale: parameters gain\)"):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), Gain(), nn.Flatten(), nn.Linear(2 * 8 * 8, 3))
+    with pytest.raises(UserError, match=r"1 \(Gain: parameters gain\)"):
         plan_fit(model, torch.randn(1, 1, 8, 8), 100)
     seq = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 8 * 8, 3))
     plans = plan_fit(seq, torch.randn(1, 1, 8, 8), 100)

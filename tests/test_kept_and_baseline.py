@@ -3,10 +3,10 @@
 import json
 
 import pytest
-import torch
 import torch.nn as nn
 
 from mres.c2f.job import run_coarse_to_fine
+from conftest import Gain
 from mres.errors import UserError
 from mres.models.registry import ModelFamily, ModelOptions, register_family
 from mres.recipe import CoarseToFineRecipe, validate_recipe
@@ -67,23 +67,14 @@ def test_kept_is_the_accuracy_after_the_transfer_minus_the_coarse_models(tmp_pat
     assert "What the transfer kept" in (tmp_path / "report.md").read_text()
 
 
-class _Gain(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.gain = nn.Parameter(torch.ones(1))
-
-    def forward(self, x):
-        return self.gain * x
-
-
 def _gain_cnn(name, opts, in_channels, num_classes, resolution):
-    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), _Gain(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), Gain(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(4, num_classes))
 
 
 def test_galerkin_data_names_a_layer_it_cannot_fit_before_any_training(tmp_path):
     register_family(ModelFamily("gain-cnn", lambda n: n == "gain-cnn", ModelOptions, _gain_cnn, lambda n, o: 1))
-    with pytest.raises(UserError, match=r"galerkin-data at 16×16: galerkin-data cannot fit 1 \(_Gain: parameters gain\)"):
+    with pytest.raises(UserError, match=r"galerkin-data at 16×16: galerkin-data cannot fit 1 \(Gain: parameters gain\)"):
         run_coarse_to_fine(recipe(model={"name": "gain-cnn"}, strategies=["transfer", "galerkin-data"]),
                            tmp_path, progress=False)
     assert not list(tmp_path.glob("trial0/coarse-8/result.json"))

@@ -151,12 +151,12 @@ class Spectrum:
     rows: int
     dual: bool
 
-    def _kept(self) -> torch.Tensor:  # eigenvalues above rounding: the others belong to the null space
+    def nonnull(self) -> torch.Tensor:  # eigenvalues above rounding: the others belong to the null space
         return self.s > self.s.amax(-1, keepdim=True).clamp_min(1e-300) * self.s.shape[-1] * 1e-15
 
     def rss(self, mu: float) -> torch.Tensor:
         """‖(I − H_μ) r‖² per group, μ = λ M."""
-        s, w2, keep = self.s.clamp_min(0), self.w2, self._kept()
+        s, w2, keep = self.s.clamp_min(0), self.w2, self.nonnull()
         if self.dual:  # w = Uᵀ r: the residual is μ/(s + μ) of each component
             return ((mu / (s + mu)) ** 2 * w2).sum(-1) if mu > 0 else (w2 * ~keep).sum(-1)
         # primal, z = Vᵀ Xᵀ r: ‖r‖² − Σ z²/s is the part of r no θ reaches; the rest shrinks by μ/(s + μ)
@@ -166,7 +166,7 @@ class Spectrum:
 
     def dof(self, mu: float) -> torch.Tensor:
         s = self.s.clamp_min(0)
-        return (s / (s + mu)).sum(-1) if mu > 0 else self._kept().sum(-1).to(s.dtype)
+        return (s / (s + mu)).sum(-1) if mu > 0 else self.nonnull().sum(-1).to(s.dtype)
 
     def gcv(self, mu: float) -> float:
         return float((self.rss(mu) / (1 - self.dof(mu) / self.rows).clamp_min(1e-12) ** 2).sum())
@@ -199,7 +199,7 @@ def primal_solve(gram: torch.Tensor, cross: torch.Tensor, bb: torch.Tensor, rows
     rr = bb - 2 * (theta0 * cross).sum((1, 2)) + (theta0 * (gram @ theta0)).sum((1, 2))
     spec = Spectrum(s, (z ** 2).sum(-1), rr.clamp_min(0), rows, dual=False)
     mu = spec.best_mu() if lam is None else lam * rows
-    theta = theta0 + v @ (_inverse(s, mu, spec._kept())[..., None] * z)
+    theta = theta0 + v @ (_inverse(s, mu, spec.nonnull())[..., None] * z)
     return theta, mu / rows, spec
 
 
@@ -211,7 +211,7 @@ def dual_solve(x: torch.Tensor, b: torch.Tensor, theta0: torch.Tensor, lam: floa
     w = u.transpose(1, 2) @ r
     spec = Spectrum(s, (w ** 2).sum(-1), (r ** 2).sum((1, 2)), x.shape[1], dual=True)
     mu = spec.best_mu() if lam is None else lam * x.shape[1]
-    alpha = u @ (_inverse(s, mu, spec._kept())[..., None] * w)
+    alpha = u @ (_inverse(s, mu, spec.nonnull())[..., None] * w)
     return theta0 + x.transpose(1, 2) @ alpha, mu / x.shape[1], spec
 
 
@@ -337,11 +337,11 @@ def _chunks(x: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
         yield x[i:i + size]
 
 
-def _layer_problem(coarse: nn.Module, fine: nn.Module, plan: LayerPlan, x: torch.Tensor, family: str,
-                   chunk: int) -> dict[str, Any]:
-    """The rows of one layer over the calibration images, float64: the Gram sums (primal) or the rows (dual)."""
+def _layer_problem(coarse: nn.Module, fine: nn.Module, plan: LayerPlan, x: torch.Tensor, xc_all: torch.Tensor,
+                   family: str, chunk: int) -> dict[str, Any]:
+    """The rows of one layer over the calibration images ``x`` (the coarse model sees ``xc_all = R x``),
+    float64: the Gram sums (primal) or the rows (dual)."""
     layer = dict(fine.named_modules())[plan.name]
-    xc_all = restrict_to_shape(x, (x.shape[-2] // 2, x.shape[-1] // 2), family)
     cdev, fdev = next(coarse.parameters()).device, next(fine.parameters()).device
     acc: dict[str, Any] = {"rows": 0, "xs": [], "bs": []}
     for xf, xc in zip(_chunks(x, chunk), _chunks(xc_all, chunk)):
@@ -382,13 +382,15 @@ def fit_to_coarse(coarse: nn.Module, fine: nn.Module, x: torch.Tensor, family: s
     try:
         plans = plan_fit(fine, x[:1].to(dev), len(x), None if x_head is None else len(x_head))
         fmods = dict(fine.named_modules())
+        restricted = {id(t): restrict_to_shape(t, (t.shape[-2] // 2, t.shape[-1] // 2), family)
+                      for t in (x, x_head) if t is not None}  # R x, once per fit
         if all(p.calls == 1 for p in plans):  # no layer sees its own output: a second pass repeats the same solves
             sweeps = 1
         for sweep in range(1, sweeps + 1):
             for plan in plans:
                 layer = fmods[plan.name]
                 xs = x_head if (x_head is not None and isinstance(layer, nn.Linear)) else x
-                acc = _layer_problem(coarse, fine, plan, xs, family, chunk)
+                acc = _layer_problem(coarse, fine, plan, xs, restricted[id(xs)], family, chunk)
                 theta0 = layer_theta(layer).double()
                 keep = slice(None) if layer.bias is not None else slice(0, -1)  # a bias-free layer's stays 0
                 if plan.dual:
