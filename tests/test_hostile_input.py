@@ -134,3 +134,15 @@ def test_files_that_are_not_what_they_should_be(run_cli, tmp_path):
     (run / "summary.json").write_text("{broken")
     code, _, err = run_cli(tmp_path, "report", str(run))
     assert code == 2 and "summary.json is not valid JSON" in err, err
+
+
+@pytest.mark.parametrize("value, allowed", [
+    ("galerkin_data.lam=-1", "'gcv'"), ("galerkin_data.lam=often", "gcv"), ("galerkin_data.bn=magic", "per-layer"),
+    ("galerkin_data.sweeps=0", "sweeps"), ("galerkin_data.head_calibration=0", "head_calibration"),
+    ("flush_denormal=maybe", "flush_denormal"),
+])
+def test_galerkin_data_and_flush_keys_name_what_is_allowed(run_cli, tmp_path, value, allowed):
+    code, _, err = run_cli(tmp_path, "coarse-to-fine", "--set", "dataset.name=synthetic", "--set", value,
+                           "--out", str(tmp_path / "r"))
+    assert code == 2 and allowed in err and "Traceback" not in err, err
+    assert not (tmp_path / "r").exists()
